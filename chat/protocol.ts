@@ -231,6 +231,14 @@ export interface ChatMessage {
   ts: number;
   /** `text` for users' messages, `notice` for server pushes and system events. */
   kind: "text" | "notice";
+  /** For membership notices: what happened to whom. */
+  meta?: MembershipEvent;
+}
+
+/** A change of a group's members, stored in the group's log so every isolate applies it in order. */
+export interface MembershipEvent {
+  event: "created" | "joined" | "left" | "removed" | "added";
+  user: UserInfo;
 }
 
 /** A conversation as listed to a member. */
@@ -272,7 +280,9 @@ export type ServerFrame =
     user: UserInfo;
     node: string;
     conversations: ConversationInfo[];
+    /** Users online now (at most 500; `onlineCount` says how many in all). */
     online: UserInfo[];
+    onlineCount: number;
     limits: Limits;
     resume: { lastSeq: Record<ConversationId, number> };
   }
@@ -287,7 +297,11 @@ export type ServerFrame =
   }
   | { type: "resumed"; conv: ConversationId; from: number; to: number; reload: boolean }
   | { type: "typing"; conv: ConversationId; user: UserInfo }
-  | { type: "presence"; user: UserInfo; online: boolean }
+  | {
+    type: "presence";
+    /** Users who came online or went offline since the last presence frame. */
+    changes: { user: UserInfo; online: boolean }[];
+  }
   | { type: "online"; users: UserInfo[] }
   | {
     type: "member";

@@ -1,0 +1,201 @@
+/**
+ * A bus that needs no `BroadcastChannel`: a relay log in Deno KV. Each node appends its
+ * envelopes to `["relay", "log", <commit versionstamp>]` (so entries list in commit order) and
+ * touches `["relay", "head"]`; every node watches that one key and, on each change (watch
+ * coalesces, so a change means "one or more"), lists the log after the last entry it read. A
+ * slow poll covers a watch that stalls. This is what links instances on Deno Deploy and
+ * processes sharing a KV file or a KV Connect server.
+ *
+ * @module
+ */
+import type { Bus, Envelope } from "./bus.ts";
+import { RELAY_HEAD_KEY, RELAY_LOG_PREFIX } from "./keys.ts";
+import { retryLocked } from "./message_log.ts";
+import type { RelayEntry } from "./message_log.ts";
+
+/** Options of {@linkcode KvBus}. */
+export interface KvBusOptions {
+  /** This node's id: its own entries are skipped. */
+  node: string;
+  /** The message log writes a relay entry in each of its commits; append envelopes are skipped. */
+  appendsInLog: boolean;
+  /** Milliseconds between polls when the watch is quiet. */
+  pollMs?: number;
+}
+
+interface BatchEntry {
+  node: string;
+  envelopes: Envelope[];
+}
+
+const MAX_VALUE_CHARS = 55_000;
+
+/** A {@linkcode Bus} over a relay log in Deno KV. */
+export class KvBus implements Bus {
+  readonly name = "kv";
+  readonly #kv: Deno.Kv;
+  readonly #options: KvBusOptions;
+  #receive: (envelope: Envelope) => void = () => {};
+  #outbox: Envelope[] = [];
+  #flushing: Promise<void> | null = null;
+  #scheduled = false;
+  #last: Deno.KvKey | null = null;
+  #reading = false;
+  #again = false;
+  #closed = false;
+  #healthy = true;
+  #stream: ReadableStream<Deno.KvEntryMaybe<unknown>[]> | null = null;
+  #poll: ReturnType<typeof setInterval> | undefined;
+  #started: Promise<void>;
+
+  constructor(kv: Deno.Kv, options: KvBusOptions) {
+    this.#kv = kv;
+    this.#options = options;
+    this.#started = this.#start();
+  }
+
+  /** Resolves once the bus knows where the log ends and is watching it. */
+  ready(): Promise<void> {
+    return this.#started;
+  }
+
+  publish(envelope: Envelope): void {
+    if (this.#closed) return;
+    if (envelope.k === "append") {
+      if (this.#options.appendsInLog) return;
+      // Receivers read the messages from the log of record; keep the entry small.
+      envelope = { ...envelope, messages: undefined };
+    }
+    this.#outbox.push(envelope);
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setTimeout(() => {
+      this.#scheduled = false;
+      this.#flush();
+    }, 0);
+  }
+
+  subscribe(receive: (envelope: Envelope) => void): void {
+    this.#receive = receive;
+  }
+
+  healthy(): boolean {
+    return this.#healthy;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.#started;
+    while (this.#flushing || this.#outbox.length || this.#scheduled) {
+      if (this.#flushing) await this.#flushing;
+      else this.#flush();
+    }
+    this.#closed = true;
+    clearInterval(this.#poll);
+    await this.#stream?.cancel().catch(() => {});
+  }
+
+  async #start(): Promise<void> {
+    for await (
+      const entry of this.#kv.list({ prefix: RELAY_LOG_PREFIX }, { reverse: true, limit: 1 })
+    ) this.#last = entry.key;
+    if (this.#closed) return;
+    this.#stream = this.#kv.watch([RELAY_HEAD_KEY]);
+    this.#poll = setInterval(() => this.#read(), this.#options.pollMs ?? 1000);
+    (async () => {
+      try {
+        for await (const _ of this.#stream!) {
+          if (this.#closed) break;
+          this.#read();
+        }
+      } catch {
+        this.#healthy = false;
+      }
+    })();
+  }
+
+  #flush(): void {
+    if (this.#flushing || this.#outbox.length === 0) return;
+    const envelopes = this.#outbox;
+    this.#outbox = [];
+    this.#flushing = this.#write(envelopes).finally(() => {
+      this.#flushing = null;
+      if (this.#outbox.length) this.#flush();
+    });
+  }
+
+  async #write(envelopes: Envelope[]): Promise<void> {
+    // Split so each entry stays under KV's 64 KiB value limit.
+    const chunks: Envelope[][] = [];
+    let chunk: Envelope[] = [];
+    let size = 0;
+    for (const e of envelopes) {
+      const n = JSON.stringify(e).length;
+      if (chunk.length && size + n > MAX_VALUE_CHARS) {
+        chunks.push(chunk);
+        chunk = [];
+        size = 0;
+      }
+      chunk.push(e);
+      size += n;
+    }
+    if (chunk.length) chunks.push(chunk);
+    for (const part of chunks) {
+      const value: BatchEntry = { node: this.#options.node, envelopes: part };
+      try {
+        await retryLocked(() =>
+          this.#kv.atomic()
+            .set([...RELAY_LOG_PREFIX, this.#kv.commitVersionstamp()], value, {
+              expireIn: 10 * 60_000,
+            })
+            .set(RELAY_HEAD_KEY, Date.now())
+            .commit()
+        );
+        this.#healthy = true;
+      } catch {
+        this.#healthy = false;
+      }
+    }
+  }
+
+  /** Lists the log after the last entry read; one reader at a time, rerun if asked meanwhile. */
+  async #read(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#reading) {
+      this.#again = true;
+      return;
+    }
+    this.#reading = true;
+    try {
+      do {
+        this.#again = false;
+        const selector: Deno.KvListSelector = this.#last
+          ? { start: [...this.#last, 0], end: [...RELAY_LOG_PREFIX, "\uffff"] }
+          : { prefix: RELAY_LOG_PREFIX };
+        const entries: Deno.KvEntry<BatchEntry | RelayEntry>[] = [];
+        await retryLocked(async () => {
+          entries.length = 0;
+          for await (const e of this.#kv.list<BatchEntry | RelayEntry>(selector)) entries.push(e);
+        });
+        for (const entry of entries) {
+          this.#last = entry.key;
+          const value = entry.value;
+          if (value.node === this.#options.node) continue;
+          if ("heads" in value) {
+            let n = 0;
+            for (const [conv, seq] of Object.entries(value.heads)) {
+              this.#receive({ node: value.node, n: -++n, k: "append", conv, seq });
+            }
+          } else {
+            for (const envelope of value.envelopes) this.#receive(envelope);
+          }
+        }
+        this.#healthy = true;
+      } while (this.#again && !this.#closed);
+    } catch {
+      this.#healthy = false;
+    } finally {
+      this.#reading = false;
+    }
+  }
+}

@@ -1,0 +1,652 @@
+/**
+ * The hub: who on this node receives what. It keeps the node's connections in rooms, one per
+ * conversation, and fans out each conversation's messages in sequence order, exactly once per
+ * connection: it tracks the last sequence fanned out per conversation, and when a notice says
+ * the log has moved further than the messages in hand, it fills the gap from the log before
+ * delivering. It never touches sockets, Hono or KV directly: connections, the log and the bus
+ * are passed in.
+ *
+ * @module
+ */
+import type { Bus, Envelope, EnvelopeBody } from "./bus.ts";
+import { Presence } from "./presence.ts";
+import type {
+  ChatMessage,
+  ConversationId,
+  ServerFrame,
+  ServerFrameOf,
+  UserId,
+  UserInfo,
+} from "./protocol.ts";
+import { parseConversation } from "./protocol.ts";
+
+/** One client connection, as the hub sees it. */
+export interface Connection {
+  readonly id: string;
+  readonly user: UserInfo;
+  /** Queues a text frame; never blocks. */
+  send(data: string): void;
+  /** Bytes queued and not yet sent. */
+  bufferedAmount(): number;
+  close(code: number, reason: string): void;
+}
+
+/** What the hub reads from the log of record. */
+export interface HubLog {
+  range(conv: ConversationId, after: number, to: number, limit?: number): Promise<ChatMessage[]>;
+  head(conv: ConversationId): Promise<number>;
+}
+
+/** Counters the hub moves, for `/metrics`. */
+export interface HubStats {
+  delivered: number;
+  gapFills: number;
+  gapMessages: number;
+  slowClosed: number;
+  busIn: number;
+  busOut: number;
+}
+
+/** Options of {@linkcode Hub}. */
+export interface HubOptions {
+  node: string;
+  log: HubLog;
+  bus: Bus;
+  /** Bytes queued on a socket beyond which it is closed as a slow consumer. */
+  maxBufferedBytes: number;
+  /** Most messages replayed per conversation on resume before the client must reload. */
+  resumeLimit: number;
+  /** Live frames kept for a connection that has not sent its first frame yet. */
+  maxHeld?: number;
+  /** Milliseconds a new connection's live messages wait for its `resume`. */
+  holdMs?: number;
+  /** Milliseconds between heartbeats. */
+  heartbeatMs?: number;
+  /** Called with the latency from a message's timestamp to its fan-out, per message. */
+  onFanout?: (message: ChatMessage, recipients: number) => void;
+  /** Errors the hub recovers from (a failed gap fill is retried). */
+  onError?: (error: unknown, context: string) => void;
+  now?: () => number;
+}
+
+/** Close code for a connection that does not read its messages fast enough. */
+export const CLOSE_SLOW_CONSUMER = 1013;
+
+interface Held {
+  conv: ConversationId;
+  seq: number;
+  data: string;
+}
+
+interface Member {
+  conn: Connection;
+  /** The last sequence sent (or skipped as already known) per subscribed conversation. */
+  cursors: Map<ConversationId, number>;
+  /** Live frames held until the client has resumed; null once live. */
+  held: Held[] | null;
+  holdTimer?: ReturnType<typeof setTimeout>;
+  resumedTo?: Map<ConversationId, number>;
+  closing: boolean;
+}
+
+interface ConvState {
+  fanned: number;
+  target: number;
+  stash: Map<number, ChatMessage>;
+  busy: boolean;
+  tasks: (() => Promise<void>)[];
+  retry?: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * Local connections, rooms and in-order fan-out of one node.
+ *
+ * @example
+ * ```ts
+ * const hub = new Hub({ node: "n1", log, bus, maxBufferedBytes: 1 << 22, resumeLimit: 500 });
+ * hub.attach(connection, new Map([["lobby", 41]]));
+ * hub.appended([message]); // delivers locally, then tells the other nodes
+ * ```
+ */
+export class Hub {
+  readonly node: string;
+  readonly presence: Presence;
+  readonly stats: HubStats = {
+    delivered: 0,
+    gapFills: 0,
+    gapMessages: 0,
+    slowClosed: 0,
+    busIn: 0,
+    busOut: 0,
+  };
+  readonly #options: HubOptions;
+  readonly #members = new Map<string, Member>();
+  readonly #users = new Map<UserId, Set<Member>>();
+  readonly #rooms = new Map<ConversationId, Set<Member>>();
+  readonly #convs = new Map<ConversationId, ConvState>();
+  readonly #recent = new Map<ConversationId, { seq: number; at: number }>();
+  readonly #typingSent = new Map<string, number>();
+  #presenceChanges: { user: UserInfo; online: boolean }[] = [];
+  #presenceTimer: ReturnType<typeof setTimeout> | undefined;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #n = 0;
+  #closed = false;
+
+  constructor(options: HubOptions) {
+    this.#options = options;
+    this.node = options.node;
+    this.presence = new Presence({
+      node: options.node,
+      publish: (body) => this.publish(body),
+      onChange: (user, online) => this.#presenceChanged(user, online),
+      timeoutMs: (options.heartbeatMs ?? 2000) * 3.5,
+      now: options.now,
+    });
+    options.bus.subscribe((envelope) => this.#receive(envelope));
+  }
+
+  /** Starts the heartbeat (presence and repair of dropped notices). */
+  start(): void {
+    this.presence.tick();
+    this.#heartbeat = setInterval(() => this.#beat(), this.#options.heartbeatMs ?? 2000);
+  }
+
+  /** Number of open connections on this node. */
+  get connections(): number {
+    return this.#members.size;
+  }
+
+  /**
+   * Adds a connection, subscribed to each conversation after the given sequence (what its
+   * welcome frame reported). Live messages are held until {@linkcode Hub.resume} or the first
+   * frame of the client, so a resumed client gets its missed messages before newer ones.
+   */
+  attach(conn: Connection, cursors: Map<ConversationId, number>): void {
+    const member: Member = { conn, cursors: new Map(), held: [], closing: false };
+    this.#members.set(conn.id, member);
+    let own = this.#users.get(conn.user.id);
+    if (!own) this.#users.set(conn.user.id, own = new Set());
+    own.add(member);
+    for (const [conv, cursor] of cursors) this.#join(member, conv, cursor);
+    member.holdTimer = setTimeout(() => this.#release(member), this.#options.holdMs ?? 2000);
+    this.presence.connect(conn.user);
+  }
+
+  /** Removes a connection from every room. */
+  detach(conn: Connection): void {
+    const member = this.#members.get(conn.id);
+    if (!member) return;
+    clearTimeout(member.holdTimer);
+    this.#members.delete(conn.id);
+    const own = this.#users.get(conn.user.id);
+    own?.delete(member);
+    if (own?.size === 0) this.#users.delete(conn.user.id);
+    for (const conv of member.cursors.keys()) this.#leave(member, conv);
+    this.presence.disconnect(conn.user);
+  }
+
+  /** Whether a connection receives a conversation (and so may write to it). */
+  isSubscribed(connId: string, conv: ConversationId): boolean {
+    return this.#members.get(connId)?.cursors.has(conv) ?? false;
+  }
+
+  /** The conversations a connection receives. */
+  subscriptions(connId: string): ConversationId[] {
+    return [...this.#members.get(connId)?.cursors.keys() ?? []];
+  }
+
+  /** Subscribes every connection of `user`, on every node, to `conv` after `cursor`. */
+  subscribe(user: UserId, conv: ConversationId, cursor: number): void {
+    this.#subscribeLocal(user, conv, cursor);
+    this.publish({ k: "subscribe", user, conv, cursor });
+  }
+
+  /** Unsubscribes every connection of `user`, on every node, from `conv`. */
+  unsubscribe(user: UserId, conv: ConversationId): void {
+    this.#unsubscribeLocal(user, conv);
+    this.publish({ k: "unsubscribe", user, conv });
+  }
+
+  /** Sends a frame to every connection of `user` on every node. */
+  sendToUser(user: UserId, frame: ServerFrame): void {
+    this.#sendToUserLocal(user, frame);
+    this.publish({ k: "user", user, frame });
+  }
+
+  /** Closes every connection of `user` on every node. */
+  kick(user: UserId, reason: string): void {
+    this.#kickLocal(user, reason);
+    this.publish({ k: "kick", user, reason });
+  }
+
+  /**
+   * New messages were committed by this node: deliver them here at once, then tell the
+   * other nodes (local delivery never waits on the bus).
+   */
+  appended(messages: ChatMessage[]): void {
+    const byConv = new Map<ConversationId, ChatMessage[]>();
+    for (const m of messages) {
+      let list = byConv.get(m.conv);
+      if (!list) byConv.set(m.conv, list = []);
+      list.push(m);
+    }
+    const now = Date.now();
+    for (const [conv, list] of byConv) {
+      list.sort((a, b) => a.seq - b.seq);
+      const seq = list[list.length - 1].seq;
+      this.notify(conv, seq, list);
+      this.#recent.set(conv, { seq, at: now });
+      this.publish({ k: "append", conv, seq, messages: list.length <= 64 ? list : undefined });
+    }
+  }
+
+  /**
+   * The log of `conv` reaches `seq`; `messages`, when given, are some of the newest. Delivers
+   * everything this node has not fanned out yet, in order, reading the gap from the log.
+   */
+  notify(conv: ConversationId, seq: number, messages?: ChatMessage[]): void {
+    if (conv.startsWith("d:")) this.#directMembers(conv, seq, messages);
+    const room = this.#rooms.get(conv);
+    if (!room || room.size === 0) return;
+    const state = this.#stateOf(conv, room, seq);
+    if (messages) {
+      for (const m of messages) {
+        if (m.seq > state.fanned) state.stash.set(m.seq, m);
+      }
+    }
+    if (seq > state.target) state.target = seq;
+    this.#pump(conv, state);
+  }
+
+  /**
+   * Replays what a connection missed since `since` (per conversation), in order, then lets
+   * its live messages through. More than `resumeLimit` missed: a `resumed` frame with
+   * `reload: true` tells the client to reload that conversation's history instead.
+   */
+  async resume(connId: string, since: Record<ConversationId, number>): Promise<void> {
+    const member = this.#members.get(connId);
+    if (!member) return;
+    member.resumedTo ??= new Map();
+    const tasks: Promise<void>[] = [];
+    for (const [conv, seen] of Object.entries(since)) {
+      if (!member.cursors.has(conv)) continue;
+      tasks.push(this.#enqueue(conv, () => this.#resumeOne(member, conv, seen)));
+    }
+    try {
+      await Promise.all(tasks);
+    } finally {
+      this.#release(member);
+    }
+  }
+
+  /** Lets a connection's live messages through, without replaying anything. */
+  live(connId: string): void {
+    const member = this.#members.get(connId);
+    if (member) this.#release(member);
+  }
+
+  /**
+   * Tells the others in `conv` that the connection's user is typing. Sent at most once a
+   * second per user and conversation; returns false when throttled.
+   */
+  typing(conn: Connection, conv: ConversationId): boolean {
+    const key = `${conn.user.id}\u0000${conv}`;
+    const now = Date.now();
+    if (now - (this.#typingSent.get(key) ?? 0) < 1000) return false;
+    this.#typingSent.set(key, now);
+    if (this.#typingSent.size > 10_000) this.#typingSent.clear();
+    this.#typingLocal(conv, conn.user);
+    this.publish({ k: "typing", conv, user: conn.user });
+    return true;
+  }
+
+  /** Publishes an envelope on the bus, stamped with this node and a number. */
+  publish(body: EnvelopeBody): void {
+    if (this.#closed) return;
+    this.stats.busOut++;
+    this.#options.bus.publish({ ...body, node: this.node, n: ++this.#n } as Envelope);
+  }
+
+  /** Closes every connection with `code` and stops the heartbeat. */
+  close(code = 1012, reason = "Server restarting: reconnect"): void {
+    if (this.#closed) return;
+    for (const member of this.#members.values()) {
+      try {
+        member.conn.send(JSON.stringify({ type: "reconnect", reason }));
+        member.conn.close(code, reason);
+      } catch {
+        // Already closed.
+      }
+      clearTimeout(member.holdTimer);
+    }
+    this.presence.leave();
+    this.#closed = true;
+    clearInterval(this.#heartbeat);
+    clearTimeout(this.#presenceTimer);
+    for (const state of this.#convs.values()) clearTimeout(state.retry);
+  }
+
+  // ---- rooms ------------------------------------------------------------------------------
+
+  #join(member: Member, conv: ConversationId, cursor: number): void {
+    if (member.cursors.has(conv)) return;
+    member.cursors.set(conv, cursor);
+    let room = this.#rooms.get(conv);
+    if (!room) this.#rooms.set(conv, room = new Set());
+    room.add(member);
+    const state = this.#convs.get(conv);
+    if (state && state.fanned > cursor) {
+      // This node is past the connection's cursor: send it what it is missing first.
+      const upto = state.fanned;
+      state.tasks.push(async () => {
+        const missing = await this.#options.log.range(conv, cursor, upto);
+        for (const m of missing) this.#send(member, conv, m.seq, frameOf(m));
+      });
+      this.#pump(conv, state);
+    }
+  }
+
+  #leave(member: Member, conv: ConversationId): void {
+    if (!member.cursors.delete(conv)) return;
+    const room = this.#rooms.get(conv);
+    if (!room) return;
+    room.delete(member);
+    if (room.size === 0) {
+      this.#rooms.delete(conv);
+      const state = this.#convs.get(conv);
+      if (state && !state.busy) {
+        clearTimeout(state.retry);
+        this.#convs.delete(conv);
+      }
+    }
+  }
+
+  #subscribeLocal(user: UserId, conv: ConversationId, cursor: number): void {
+    for (const member of this.#users.get(user) ?? []) this.#join(member, conv, cursor);
+  }
+
+  #unsubscribeLocal(user: UserId, conv: ConversationId): void {
+    for (const member of this.#users.get(user) ?? []) this.#leave(member, conv);
+  }
+
+  /** Both users of a direct conversation receive it, even one this node has not seen yet. */
+  #directMembers(conv: ConversationId, seq: number, messages?: ChatMessage[]): void {
+    const parsed = parseConversation(conv);
+    if (parsed.kind !== "direct") return;
+    const first = messages?.length ? messages[0].seq - 1 : seq - 1;
+    for (const user of parsed.users) {
+      for (const member of this.#users.get(user) ?? []) {
+        if (!member.cursors.has(conv)) {
+          const state = this.#convs.get(conv);
+          this.#join(member, conv, state ? state.fanned : Math.max(0, first));
+        }
+      }
+    }
+  }
+
+  // ---- ordered fan-out --------------------------------------------------------------------
+
+  #stateOf(conv: ConversationId, room: Set<Member>, seq: number): ConvState {
+    let state = this.#convs.get(conv);
+    if (!state) {
+      let min = Infinity;
+      for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
+      const fanned = Math.max(min === Infinity ? seq : min, seq - this.#options.resumeLimit);
+      state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
+      this.#convs.set(conv, state);
+    }
+    return state;
+  }
+
+  #enqueue(conv: ConversationId, task: () => Promise<void>): Promise<void> {
+    const room = this.#rooms.get(conv) ?? new Set();
+    let state = this.#convs.get(conv);
+    if (!state) {
+      let min = Infinity;
+      for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
+      const fanned = min === Infinity ? 0 : min;
+      state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
+      this.#convs.set(conv, state);
+    }
+    return new Promise((resolve, reject) => {
+      state.tasks.push(() => task().then(resolve, reject));
+      this.#pump(conv, state);
+    });
+  }
+
+  #pump(conv: ConversationId, state: ConvState): void {
+    if (state.busy || this.#closed) return;
+    state.busy = true;
+    void this.#run(conv, state);
+  }
+
+  // Runs synchronously up to the first gap: messages in hand go out in the same tick.
+  async #run(conv: ConversationId, state: ConvState): Promise<void> {
+    try {
+      for (;;) {
+        const task = state.tasks.shift();
+        if (task) {
+          await task().catch((e) => this.#options.onError?.(e, "hub task"));
+          continue;
+        }
+        if (state.fanned >= state.target) break;
+        const next = state.fanned + 1;
+        if (state.stash.has(next)) {
+          const batch: ChatMessage[] = [];
+          for (let s = next; state.stash.has(s); s++) {
+            batch.push(state.stash.get(s)!);
+            state.stash.delete(s);
+          }
+          this.#deliver(conv, state, batch);
+          continue;
+        }
+        let upto = state.target;
+        for (const s of state.stash.keys()) {
+          if (s > state.fanned && s - 1 < upto) upto = s - 1;
+        }
+        this.stats.gapFills++;
+        const missing = await this.#options.log.range(conv, state.fanned, upto);
+        this.stats.gapMessages += missing.length;
+        this.#deliver(conv, state, missing);
+        // Expired or trimmed messages are skipped, not waited for.
+        if (state.fanned < upto) state.fanned = upto;
+      }
+    } catch (error) {
+      this.#options.onError?.(error, "gap fill");
+      if (!this.#closed) {
+        clearTimeout(state.retry);
+        state.retry = setTimeout(() => this.#pump(conv, state), 200);
+      }
+    } finally {
+      state.busy = false;
+      for (const s of state.stash.keys()) if (s <= state.fanned) state.stash.delete(s);
+      if (!this.#rooms.has(conv) && state.tasks.length === 0 && this.#convs.get(conv) === state) {
+        clearTimeout(state.retry);
+        this.#convs.delete(conv);
+      }
+    }
+  }
+
+  #deliver(conv: ConversationId, state: ConvState, messages: ChatMessage[]): void {
+    for (const m of messages) {
+      if (m.seq <= state.fanned) continue;
+      const event = m.meta?.event;
+      if (event === "joined" || event === "added" || event === "created") {
+        this.#subscribeLocal(m.meta!.user.id, conv, m.seq - 1);
+      }
+      state.fanned = m.seq;
+      const room = this.#rooms.get(conv);
+      if (room) {
+        const data = frameOf(m);
+        for (const member of room) this.#send(member, conv, m.seq, data);
+        this.stats.delivered += room.size;
+        this.#options.onFanout?.(m, room.size);
+      }
+      if (event === "left" || event === "removed") this.#unsubscribeLocal(m.meta!.user.id, conv);
+    }
+  }
+
+  #send(member: Member, conv: ConversationId, seq: number, data: string): void {
+    const cursor = member.cursors.get(conv);
+    if (cursor === undefined || seq <= cursor) return;
+    member.cursors.set(conv, seq);
+    if (member.held) {
+      member.held.push({ conv, seq, data });
+      if (member.held.length > (this.#options.maxHeld ?? 10_000)) this.#slow(member);
+      return;
+    }
+    this.#write(member, data);
+  }
+
+  #write(member: Member, data: string): void {
+    if (member.closing) return;
+    try {
+      member.conn.send(data);
+    } catch {
+      return;
+    }
+    if (member.conn.bufferedAmount() > this.#options.maxBufferedBytes) this.#slow(member);
+  }
+
+  #slow(member: Member): void {
+    if (member.closing) return;
+    member.closing = true;
+    this.stats.slowClosed++;
+    try {
+      member.conn.close(CLOSE_SLOW_CONSUMER, "Slow consumer: reconnect and resume");
+    } catch {
+      // Already closed.
+    }
+  }
+
+  async #resumeOne(member: Member, conv: ConversationId, seen: number): Promise<void> {
+    if (!this.#members.has(member.conn.id) || !member.cursors.has(conv)) return;
+    const cursor = member.cursors.get(conv)!;
+    const limit = this.#options.resumeLimit;
+    let to = seen;
+    let reload = false;
+    if (seen < cursor || member.held) {
+      const missed = await this.#options.log.range(conv, seen, Number.MAX_SAFE_INTEGER, limit + 1);
+      if (missed.length > limit) {
+        reload = true;
+        to = await this.#options.log.head(conv);
+      } else {
+        for (const m of missed) this.#write(member, frameOf(m));
+        if (missed.length) to = missed[missed.length - 1].seq;
+      }
+    }
+    member.resumedTo?.set(conv, to);
+    if (to > (member.cursors.get(conv) ?? 0) && member.cursors.has(conv)) {
+      member.cursors.set(conv, to);
+    }
+    const frame: ServerFrameOf<"resumed"> = { type: "resumed", conv, from: seen, to, reload };
+    this.#write(member, JSON.stringify(frame));
+  }
+
+  #release(member: Member): void {
+    clearTimeout(member.holdTimer);
+    const held = member.held;
+    if (!held) return;
+    member.held = null;
+    const resumed = member.resumedTo;
+    member.resumedTo = undefined;
+    for (const h of held) {
+      if (resumed && h.seq <= (resumed.get(h.conv) ?? 0)) continue;
+      this.#write(member, h.data);
+    }
+  }
+
+  // ---- bus --------------------------------------------------------------------------------
+
+  #receive(envelope: Envelope): void {
+    if (envelope.node === this.node || this.#closed) return;
+    this.stats.busIn++;
+    switch (envelope.k) {
+      case "append":
+        this.notify(envelope.conv, envelope.seq, envelope.messages);
+        return;
+      case "heads":
+        for (const [conv, seq] of Object.entries(envelope.heads)) this.notify(conv, seq);
+        return;
+      case "presence":
+      case "node":
+      case "snapshot":
+      case "down":
+        this.presence.receive(envelope);
+        return;
+      case "typing":
+        this.#typingLocal(envelope.conv, envelope.user);
+        return;
+      case "user":
+        this.#sendToUserLocal(envelope.user, envelope.frame);
+        return;
+      case "subscribe":
+        this.#subscribeLocal(envelope.user, envelope.conv, envelope.cursor);
+        return;
+      case "unsubscribe":
+        this.#unsubscribeLocal(envelope.user, envelope.conv);
+        return;
+      case "kick":
+        this.#kickLocal(envelope.user, envelope.reason);
+        return;
+    }
+  }
+
+  #beat(): void {
+    this.presence.tick();
+    // Repeat the newest sequence of recently active conversations: a node that missed an
+    // `append` (a lossy bus) learns of it here and fills the gap from the log.
+    const now = Date.now();
+    const heads: Record<ConversationId, number> = {};
+    let count = 0;
+    for (const [conv, { seq, at }] of this.#recent) {
+      if (now - at > 10_000) this.#recent.delete(conv);
+      else if (count++ < 500) heads[conv] = seq;
+    }
+    if (count) this.publish({ k: "heads", heads });
+  }
+
+  #typingLocal(conv: ConversationId, user: UserInfo): void {
+    const room = this.#rooms.get(conv);
+    if (!room) return;
+    const data = JSON.stringify({ type: "typing", conv, user } satisfies ServerFrame);
+    for (const member of room) {
+      if (member.conn.user.id !== user.id) this.#write(member, data);
+    }
+  }
+
+  #sendToUserLocal(user: UserId, frame: ServerFrame): void {
+    const own = this.#users.get(user);
+    if (!own) return;
+    const data = JSON.stringify(frame);
+    for (const member of own) this.#write(member, data);
+  }
+
+  #kickLocal(user: UserId, reason: string): void {
+    for (const member of this.#users.get(user) ?? []) {
+      member.closing = true;
+      try {
+        member.conn.close(1008, reason);
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+
+  #presenceChanged(user: UserInfo, online: boolean): void {
+    this.#presenceChanges.push({ user, online });
+    if (this.#presenceTimer !== undefined || this.#closed) return;
+    // Coalesce: a burst of sign-ins is one frame per connection, not one per sign-in.
+    this.#presenceTimer = setTimeout(() => {
+      this.#presenceTimer = undefined;
+      const changes = this.#presenceChanges;
+      this.#presenceChanges = [];
+      const data = JSON.stringify({ type: "presence", changes } satisfies ServerFrame);
+      for (const member of this.#members.values()) this.#write(member, data);
+    }, 100);
+  }
+}
+
+function frameOf(m: ChatMessage): string {
+  return JSON.stringify({ type: "message", ...m });
+}

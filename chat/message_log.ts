@@ -1,0 +1,413 @@
+/**
+ * The log of record: every message of every conversation, in Deno KV.
+ *
+ * Each message gets the next sequence number of its conversation, with no gaps and no
+ * duplicates, even when several isolates or processes append to the same conversation at once:
+ * a commit checks the conversation's head and every message's dedupe key, and retries when
+ * another writer got there first. Appends made in the same tick share one atomic commit (a
+ * local KV file takes only a few thousand commits per second, but a hundred messages per commit
+ * as easily as one).
+ *
+ * @module
+ */
+import {
+  dedupeKey,
+  headKey,
+  messageKey,
+  messagePrefix,
+  RELAY_HEAD_KEY,
+  RELAY_LOG_PREFIX,
+} from "./keys.ts";
+import type { ChatMessage, ConversationId, UserId } from "./protocol.ts";
+
+/** What a caller appends; the log adds `seq` and `ts`. */
+export interface AppendInput {
+  conv: ConversationId;
+  /** Client-chosen id, unique per sender: a second append with the same id is not stored. */
+  id: string;
+  from: UserId;
+  name: string;
+  text: string;
+  kind: ChatMessage["kind"];
+  meta?: ChatMessage["meta"];
+}
+
+/** The stored message, and whether it had been stored before. */
+export interface AppendResult {
+  message: ChatMessage;
+  duplicate: boolean;
+}
+
+/** One relay log entry: which conversations have new messages, up to which sequence. */
+export interface RelayEntry {
+  node: string;
+  heads: Record<ConversationId, number>;
+}
+
+/** Options of {@linkcode MessageLog}. */
+export interface MessageLogOptions {
+  /** Messages kept per conversation. */
+  retentionCount: number;
+  /** Milliseconds a message is kept. */
+  retentionMs: number;
+  /** Write a relay log entry in each commit, for the KV bus. */
+  relay?: { node: string };
+  /** Called after each successful commit with the new messages (not the duplicates). */
+  onCommit?: (messages: ChatMessage[], commitMs: number) => void;
+  /** Milliseconds since the epoch; a parameter so tests can move time. */
+  now?: () => number;
+}
+
+interface Pending {
+  input: AppendInput;
+  resolve: (result: AppendResult) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Head {
+  seq: number;
+  versionstamp: string | null;
+}
+
+// Deno KV's limits on one atomic commit, with room to spare.
+const MAX_CHECKS = 100;
+const MAX_MUTATIONS = 900;
+const MAX_COMMIT_BYTES = 600_000;
+const GET_MANY = 10;
+const DEDUPE_MS = 30 * 24 * 3600_000;
+
+/** Whether an error from KV is worth retrying (another writer holds the file). */
+export function isRetryableKvError(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : String(error);
+  return /database is locked|busy|SQLITE_BUSY/i.test(message);
+}
+
+/** Retries `fn` while KV reports the file locked, with a short growing pause. */
+export async function retryLocked<T>(fn: () => Promise<T>, attempts = 50): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (!isRetryableKvError(error) || attempt >= attempts) throw error;
+      await new Promise((r) => setTimeout(r, Math.min(50, 1 + attempt * 2 + Math.random() * 3)));
+    }
+  }
+}
+
+async function getMany<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
+  const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
+  for (let i = 0; i < keys.length; i += GET_MANY) {
+    chunks.push(retryLocked(() => kv.getMany<T[]>(keys.slice(i, i + GET_MANY))));
+  }
+  return (await Promise.all(chunks)).flat();
+}
+
+/**
+ * The message log of record, in Deno KV.
+ *
+ * @example
+ * ```ts
+ * using kv = await Deno.openKv(":memory:");
+ * const log = new MessageLog(kv, { retentionCount: 1000, retentionMs: 86_400_000 });
+ * const { message } = await log.append({
+ *   conv: "lobby", id: "m1", from: "u1", name: "Ann", text: "hi", kind: "text",
+ * });
+ * message.seq; // 1
+ * ```
+ */
+export class MessageLog {
+  readonly #kv: Deno.Kv;
+  readonly #options: MessageLogOptions;
+  readonly #now: () => number;
+  readonly #heads = new Map<ConversationId, Head>();
+  #queue: Pending[] = [];
+  #scheduled = false;
+  #inflight: Promise<void> | null = null;
+  #closed = false;
+
+  constructor(kv: Deno.Kv, options: MessageLogOptions) {
+    this.#kv = kv;
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Appends a message; resolves once it is durably stored (or found stored before). */
+  append(input: AppendInput): Promise<AppendResult> {
+    if (this.#closed) return Promise.reject(new Error("Cannot append: the log is closed"));
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  /** Resolves when every append accepted so far is committed or failed. */
+  async flush(): Promise<void> {
+    while (this.#queue.length || this.#inflight || this.#scheduled) {
+      if (this.#inflight) await this.#inflight;
+      else await new Promise((r) => setTimeout(r, 0));
+    }
+  }
+
+  /** Stops accepting appends and waits for the ones accepted. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.flush();
+  }
+
+  /** The newest sequence number of each conversation (0 when empty). */
+  async heads(convs: ConversationId[]): Promise<Map<ConversationId, number>> {
+    const entries = await getMany<number>(this.#kv, convs.map(headKey));
+    const result = new Map<ConversationId, number>();
+    convs.forEach((conv, i) => result.set(conv, entries[i].value ?? 0));
+    return result;
+  }
+
+  /** The newest sequence number of a conversation (0 when empty). */
+  async head(conv: ConversationId): Promise<number> {
+    const entry = await retryLocked(() => this.#kv.get<number>(headKey(conv)));
+    return entry.value ?? 0;
+  }
+
+  /** Messages with `after < seq <= to`, oldest first, at most `limit`, expired ones skipped. */
+  async range(
+    conv: ConversationId,
+    after: number,
+    to: number,
+    limit = Number.MAX_SAFE_INTEGER,
+  ): Promise<ChatMessage[]> {
+    if (to <= after) return [];
+    const cutoff = this.#now() - this.#options.retentionMs;
+    const messages: ChatMessage[] = [];
+    await retryLocked(async () => {
+      messages.length = 0;
+      const iter = this.#kv.list<ChatMessage>({
+        start: messageKey(conv, after + 1),
+        end: messageKey(conv, to + 1),
+      }, { limit, batchSize: Math.min(500, limit) });
+      for await (const entry of iter) {
+        if (entry.value.ts >= cutoff) messages.push(entry.value);
+      }
+    });
+    return messages;
+  }
+
+  /**
+   * A page of history: up to `limit` messages older than `before` (or the newest), oldest first,
+   * and whether older ones exist.
+   */
+  async page(
+    conv: ConversationId,
+    before: number | undefined,
+    limit: number,
+  ): Promise<{ messages: ChatMessage[]; more: boolean }> {
+    const cutoff = this.#now() - this.#options.retentionMs;
+    const messages: ChatMessage[] = [];
+    let more = false;
+    await retryLocked(async () => {
+      messages.length = 0;
+      more = false;
+      const iter = this.#kv.list<ChatMessage>(
+        before === undefined
+          ? { prefix: messagePrefix(conv) }
+          : { prefix: messagePrefix(conv), end: messageKey(conv, Math.max(1, before)) },
+        { reverse: true, limit: limit + 1, batchSize: limit + 1 },
+      );
+      for await (const entry of iter) {
+        if (entry.value.ts < cutoff) break;
+        if (messages.length === limit) {
+          more = true;
+          break;
+        }
+        messages.push(entry.value);
+      }
+    });
+    messages.reverse();
+    return { messages, more };
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#inflight) return;
+    this.#scheduled = true;
+    // A macrotask, not a microtask: lets every frame read in this tick join the commit.
+    setTimeout(() => {
+      this.#scheduled = false;
+      this.#drain();
+    }, 0);
+  }
+
+  #drain(): void {
+    if (this.#inflight || this.#queue.length === 0) return;
+    const batch = this.#takeBatch();
+    this.#inflight = this.#commit(batch).finally(() => {
+      this.#inflight = null;
+      if (this.#queue.length) this.#drain();
+    });
+  }
+
+  /** Takes as many queued appends as one commit can hold. */
+  #takeBatch(): Pending[] {
+    const convs = new Set<ConversationId>();
+    let checks = 0;
+    let mutations = 2; // the relay entry and head
+    let bytes = 0;
+    let n = 0;
+    for (; n < this.#queue.length; n++) {
+      const { input } = this.#queue[n];
+      const newConv = !convs.has(input.conv);
+      const addChecks = 1 + (newConv ? 1 : 0);
+      const addMutations = 3 + (newConv ? 1 : 0);
+      const addBytes = input.text.length * 3 + input.name.length * 3 + 300;
+      if (
+        n > 0 &&
+        (checks + addChecks > MAX_CHECKS || mutations + addMutations > MAX_MUTATIONS ||
+          bytes + addBytes > MAX_COMMIT_BYTES)
+      ) break;
+      checks += addChecks;
+      mutations += addMutations;
+      bytes += addBytes;
+      convs.add(input.conv);
+    }
+    return this.#queue.splice(0, n);
+  }
+
+  async #commit(batch: Pending[]): Promise<void> {
+    let pending = batch;
+    try {
+      for (let attempt = 0; pending.length; attempt++) {
+        pending = await this.#tryCommit(pending, attempt);
+        if (pending.length && attempt > 200) {
+          throw new Error("Cannot append: too much contention on the conversation heads");
+        }
+      }
+    } catch (error) {
+      for (const p of pending) p.reject(error);
+    }
+  }
+
+  /** One attempt; returns the appends still to store. */
+  async #tryCommit(batch: Pending[], attempt: number): Promise<Pending[]> {
+    // Within one batch a repeated (sender, id) is a duplicate of the first.
+    const firsts = new Map<string, Pending>();
+    const repeats: [Pending, Pending][] = [];
+    for (const p of batch) {
+      const k = `${p.input.from}\u0000${p.input.id}`;
+      const first = firsts.get(k);
+      if (first) repeats.push([p, first]);
+      else firsts.set(k, p);
+    }
+    let unique = [...firsts.values()];
+
+    // After a failed check, look up which messages were stored meanwhile.
+    if (attempt > 0) {
+      const stored = await getMany<{ conv: ConversationId; seq: number }>(
+        this.#kv,
+        unique.map((p) => dedupeKey(p.input.from, p.input.id)),
+      );
+      const found = unique.filter((_, i) => stored[i].value);
+      if (found.length) {
+        const messages = await Promise.all(found.map(async (p) => {
+          const where = stored[unique.indexOf(p)].value!;
+          const entry = await retryLocked(() =>
+            this.#kv.get<ChatMessage>(messageKey(where.conv, where.seq))
+          );
+          return entry.value;
+        }));
+        found.forEach((p, i) => {
+          const message = messages[i] ?? this.#ghost(p.input, stored[unique.indexOf(p)].value!);
+          p.resolve({ message, duplicate: true });
+        });
+        unique = unique.filter((p) => !found.includes(p));
+      }
+    }
+
+    const convs = [...new Set(unique.map((p) => p.input.conv))];
+    const missing = convs.filter((c) => !this.#heads.has(c));
+    if (missing.length) {
+      const entries = await getMany<number>(this.#kv, missing.map(headKey));
+      missing.forEach((conv, i) =>
+        this.#heads.set(conv, { seq: entries[i].value ?? 0, versionstamp: entries[i].versionstamp })
+      );
+    }
+
+    const now = this.#now();
+    const { retentionCount, retentionMs } = this.#options;
+    const atomic = this.#kv.atomic();
+    const next = new Map<ConversationId, number>();
+    for (const conv of convs) {
+      const head = this.#heads.get(conv)!;
+      atomic.check({ key: headKey(conv), versionstamp: head.versionstamp });
+      next.set(conv, head.seq);
+    }
+    const planned: [Pending, ChatMessage][] = [];
+    for (const p of unique) {
+      const seq = next.get(p.input.conv)! + 1;
+      next.set(p.input.conv, seq);
+      const message: ChatMessage = {
+        conv: p.input.conv,
+        seq,
+        id: p.input.id,
+        from: p.input.from,
+        name: p.input.name,
+        text: p.input.text,
+        ts: now,
+        kind: p.input.kind,
+      };
+      if (p.input.meta) message.meta = p.input.meta;
+      planned.push([p, message]);
+      const dk = dedupeKey(p.input.from, p.input.id);
+      atomic.check({ key: dk, versionstamp: null });
+      atomic.set(messageKey(message.conv, seq), message, { expireIn: retentionMs });
+      atomic.set(dk, { conv: message.conv, seq, ts: now }, {
+        expireIn: Math.max(retentionMs, DEDUPE_MS),
+      });
+      if (seq > retentionCount) atomic.delete(messageKey(message.conv, seq - retentionCount));
+    }
+    const heads: Record<ConversationId, number> = {};
+    for (const [conv, seq] of next) {
+      atomic.set(headKey(conv), seq);
+      heads[conv] = seq;
+    }
+    if (this.#options.relay && planned.length) {
+      const entry: RelayEntry = { node: this.#options.relay.node, heads };
+      atomic.set([...RELAY_LOG_PREFIX, this.#kv.commitVersionstamp()], entry, {
+        expireIn: 10 * 60_000,
+      });
+      atomic.set(RELAY_HEAD_KEY, now);
+    }
+
+    if (planned.length) {
+      let result: Deno.KvCommitResult | Deno.KvCommitError;
+      const started = performance.now();
+      try {
+        result = await atomic.commit();
+      } catch (error) {
+        if (!isRetryableKvError(error)) throw error;
+        await new Promise((r) => setTimeout(r, Math.min(50, 1 + attempt + Math.random() * 4)));
+        return [...unique, ...repeats.map(([p]) => p)];
+      }
+      if (!result.ok) {
+        for (const conv of convs) this.#heads.delete(conv);
+        return [...unique, ...repeats.map(([p]) => p)];
+      }
+      for (const conv of convs) {
+        this.#heads.set(conv, { seq: next.get(conv)!, versionstamp: result.versionstamp });
+      }
+      this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
+      for (const [p, message] of planned) p.resolve({ message, duplicate: false });
+    }
+    // Repeats resolve after their first, as duplicates of it.
+    const byKey = new Map(planned.map(([p, m]) => [`${p.input.from}\u0000${p.input.id}`, m]));
+    const retry: Pending[] = [];
+    for (const [p] of repeats) {
+      const m = byKey.get(`${p.input.from}\u0000${p.input.id}`);
+      if (m) p.resolve({ message: m, duplicate: true });
+      else retry.push(p);
+    }
+    return retry;
+  }
+
+  /** A stand-in for a duplicate whose stored message has since expired. */
+  #ghost(input: AppendInput, where: { conv: ConversationId; seq: number }): ChatMessage {
+    return { ...input, conv: where.conv, seq: where.seq, ts: 0 };
+  }
+}

@@ -15,7 +15,8 @@ export type ConversationId = string;
 export const LOBBY: ConversationId = "lobby";
 
 const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
-const CONVERSATION_PATTERN = /^(lobby|g:[A-Za-z0-9_-]{1,64}|d:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64})$/;
+const CONVERSATION_PATTERN =
+  /^(lobby|g:[A-Za-z0-9_-]{1,64}|d:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64})$/;
 
 const id = z.string().regex(ID_PATTERN, "Expected 1 to 64 letters, digits, _ or -");
 const conversation = z.string().regex(
@@ -86,6 +87,7 @@ export const ERROR_CODES = [
   "rate_limited",
   "not_found",
   "forbidden",
+  "unauthorized",
   "conflict",
   "limit_reached",
   "unavailable",
@@ -137,7 +139,9 @@ export function parseClientFrame(text: string): ClientFrame {
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new ChatError(
       "bad_frame",
-      `Expected a JSON object, got ${value === null ? "null" : Array.isArray(value) ? "an array" : typeof value}`,
+      `Expected a JSON object, got ${
+        value === null ? "null" : Array.isArray(value) ? "an array" : typeof value
+      }`,
     );
   }
   if (depthOf(value) > MAX_DEPTH) {
@@ -145,7 +149,7 @@ export function parseClientFrame(text: string): ClientFrame {
   }
   const type = (value as { type?: unknown }).type;
   if (typeof type !== "string") {
-    throw new ChatError("bad_frame", "Expected a string field \"type\"");
+    throw new ChatError("bad_frame", 'Expected a string field "type"');
   }
   const schema = Object.hasOwn(CLIENT_FRAME_SCHEMAS, type)
     ? CLIENT_FRAME_SCHEMAS[type as ClientFrameType]
@@ -253,6 +257,10 @@ export interface ConversationInfo {
   group?: GroupInfo;
   /** The sequence number of the newest message. */
   lastSeq: number;
+  /** The newest sequence number the user has read (for unread counts). */
+  read: number;
+  /** The newest message, for the conversation list. */
+  last?: ChatMessage;
 }
 
 /** A group as listed. */

@@ -1,0 +1,120 @@
+/**
+ * Small helpers shared by the load generator and the orchestrator: process statistics from
+ * /proc, a latency histogram, medians and argument parsing.
+ *
+ * @module
+ */
+
+/** Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`, 100 on Linux x86-64). */
+export const CLK_TCK = 100;
+
+/** CPU time (user + system) of a process in milliseconds, or NaN when it is gone. */
+export function cpuMs(pid: number): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The command name may contain spaces: split after the closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // fields[0] is field 3 (state); utime is field 14, stime field 15.
+    const utime = Number(fields[11]);
+    const stime = Number(fields[12]);
+    return ((utime + stime) * 1000) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Resident and peak resident memory of a process in bytes (VmRSS, VmHWM). */
+export function memory(pid: number): { rss: number; hwm: number } {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const kb = (name: string) => {
+      const m = status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m"));
+      return m ? Number(m[1]) * 1024 : NaN;
+    };
+    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+  } catch {
+    return { rss: NaN, hwm: NaN };
+  }
+}
+
+/** A CPU sampler: percentage of one core used by a process between two calls. */
+export class CpuMeter {
+  #pid: number;
+  #cpu0: number;
+  #t0: number;
+  constructor(pid: number) {
+    this.#pid = pid;
+    this.#cpu0 = cpuMs(pid);
+    this.#t0 = performance.now();
+  }
+  /** Percent of one core since construction (100 = one full core). */
+  percent(): number {
+    const dt = performance.now() - this.#t0;
+    return dt > 0 ? ((cpuMs(this.#pid) - this.#cpu0) / dt) * 100 : NaN;
+  }
+}
+
+/** Latency histogram with 10 µs buckets up to 2 s, plus the exact maximum. */
+export class Histogram {
+  static readonly RES = 0.01;
+  static readonly BUCKETS = 200_000;
+  counts = new Uint32Array(Histogram.BUCKETS + 1);
+  n = 0;
+  max = 0;
+  add(ms: number) {
+    if (ms < 0) ms = 0;
+    const b = Math.min(Histogram.BUCKETS, Math.floor(ms / Histogram.RES));
+    this.counts[b]++;
+    this.n++;
+    if (ms > this.max) this.max = ms;
+  }
+  /** The q quantile (0..1) in ms, NaN when empty. */
+  quantile(q: number): number {
+    if (this.n === 0) return NaN;
+    const target = Math.ceil(q * this.n);
+    let seen = 0;
+    for (let i = 0; i <= Histogram.BUCKETS; i++) {
+      seen += this.counts[i];
+      if (seen >= target) {
+        return i === Histogram.BUCKETS ? this.max : Math.min(this.max, (i + 1) * Histogram.RES);
+      }
+    }
+    return this.max;
+  }
+}
+
+/** The median of the finite numbers given (NaN when none). */
+export function median(values: number[]): number {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/** Parses `--key value` and `--flag` arguments. */
+export function parseArgs(args: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (!a.startsWith("--")) continue;
+    const eq = a.indexOf("=");
+    if (eq > 0) {
+      out[a.slice(2, eq)] = a.slice(eq + 1);
+    } else if (i + 1 < args.length && !args[i + 1].startsWith("--")) {
+      out[a.slice(2)] = args[++i];
+    } else {
+      out[a.slice(2)] = "true";
+    }
+  }
+  return out;
+}
+
+/** Rounds for display. */
+export function round(x: number, digits = 2): number {
+  if (!Number.isFinite(x)) return x;
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+/** Resolves after `ms` milliseconds. */
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -1,0 +1,134 @@
+/**
+ * Sign-in, registration, sign-out, the current user, socket tickets and name suggestions, under
+ * `/api`. The session travels as an HttpOnly, SameSite cookie for the browser and as a bearer
+ * token for scripts; both are the same signed token.
+ *
+ * @module
+ */
+import type { Context } from "hono";
+import { Hono } from "hono";
+import { getConnInfo } from "hono/deno";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import type { UserRecord } from "../chat/directory.ts";
+import type { SignedIn } from "../chat/auth.ts";
+import type { ChatNode } from "../chat/node.ts";
+import { canonicalName } from "../chat/names.ts";
+import { errorJson, errorResponse, jsonBody } from "./errors.ts";
+
+/** The session cookie's name. */
+export const SESSION_COOKIE = "chat_session";
+
+/** The remote address of a request (the socket's peer). */
+export function addressOf(c: Context): string {
+  try {
+    return getConnInfo(c).remote.address ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+/** The session token of a request: the bearer header first, then the cookie. */
+export function tokenOf(c: Context): string | undefined {
+  const header = c.req.header("authorization");
+  if (header?.startsWith("Bearer ")) return header.slice(7).trim();
+  return getCookie(c, SESSION_COOKIE);
+}
+
+/** The signed-in user of a request, or null. */
+export async function authenticate(
+  node: ChatNode,
+  c: Context,
+): Promise<{ user: UserRecord; session: string } | null> {
+  const token = tokenOf(c);
+  if (!token || token.length > 200) return null;
+  return await node.auth.verify(token);
+}
+
+function signedIn(c: Context, result: SignedIn, status: 200 | 201) {
+  setCookie(c, SESSION_COOKIE, result.token, {
+    httpOnly: true,
+    sameSite: "Lax",
+    path: "/",
+    secure: new URL(c.req.url).protocol === "https:",
+    expires: new Date(result.expiresAt),
+  });
+  return c.json({
+    user: { id: result.user.id, name: result.user.name, registered: !!result.user.passwordHash },
+    token: result.token,
+    expiresAt: result.expiresAt,
+  }, status);
+}
+
+/** The session routes. */
+export function sessionRoutes(node: ChatNode): Hono {
+  const app = new Hono();
+
+  app.get("/names/suggest", async (c) => {
+    const base = c.req.query("base");
+    const name = await node.directory.freeName(
+      base && /^[\p{L}\p{N}_-]{2,16}$/u.test(base)
+        ? base
+        : `Guest-${1000 + Math.floor(Math.random() * 9000)}`,
+      canonicalName,
+    );
+    return c.json({ name });
+  });
+
+  app.post("/session", async (c) => {
+    try {
+      const body = await jsonBody(c);
+      return signedIn(c, await node.auth.signIn(body.name, body.password, addressOf(c)), 200);
+    } catch (error) {
+      return errorResponse(c, error);
+    }
+  });
+
+  app.post("/register", async (c) => {
+    try {
+      const body = await jsonBody(c);
+      return signedIn(c, await node.auth.register(body.name, body.password, addressOf(c)), 201);
+    } catch (error) {
+      return errorResponse(c, error);
+    }
+  });
+
+  app.delete("/session", async (c) => {
+    const who = await authenticate(node, c);
+    deleteCookie(c, SESSION_COOKIE, { path: "/" });
+    if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
+    await node.auth.revoke(who.session);
+    node.hub.kick(who.user.id, "Signed out");
+    return c.json({ ok: true });
+  });
+
+  app.post("/password", async (c) => {
+    const who = await authenticate(node, c);
+    if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
+    try {
+      const body = await jsonBody(c);
+      const result = await node.auth.changePassword(who.user, body.current, body.password);
+      node.hub.kick(who.user.id, "Password changed: sign in again");
+      return signedIn(c, result, 200);
+    } catch (error) {
+      return errorResponse(c, error);
+    }
+  });
+
+  app.get("/me", async (c) => {
+    const who = await authenticate(node, c);
+    if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
+    const { id, name, passwordHash } = who.user;
+    return c.json({ user: { id, name, registered: !!passwordHash } });
+  });
+
+  app.post("/session/ticket", async (c) => {
+    const who = await authenticate(node, c);
+    if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
+    return c.json({
+      ticket: await node.auth.ticket(who.user.id, who.session),
+      expiresInMs: 30_000,
+    });
+  });
+
+  return app;
+}

@@ -25,6 +25,7 @@
  * @module
  */
 import { CpuMeter, Histogram, median, memory, parseArgs, round, sleep } from "./lib.ts";
+import { indexOfBytes, numberAt, RawSocket } from "./rawws.ts";
 
 const args = parseArgs(Deno.args);
 const target = args.target ?? "relay";
@@ -53,9 +54,18 @@ const log = (...a: unknown[]) => console.error(`[load ${target} ${mode}]`, ...a)
 
 // ---- Clients and adapters -------------------------------------------------------------------
 
+interface Sock {
+  send(text: string): void;
+  close(): void;
+  readonly open: boolean;
+}
+
 interface Client {
   i: number;
-  ws?: WebSocket;
+  ws?: Sock;
+  raw?: RawSocket;
+  /** A user coming back: resumes every conversation of its welcome from 0. */
+  returning?: boolean;
   joined: boolean;
   open: boolean;
   token?: string;
@@ -153,7 +163,9 @@ function oursAdapter(): Adapter {
         case "welcome": {
           c.user = f.user as Client["user"];
           const resume = f.resume as { lastSeq?: Record<string, number> } | undefined;
-          const since = c.since ?? {};
+          const convs = (f.conversations as { id: string }[] | undefined) ?? [];
+          const since = c.since ??
+            (c.returning ? Object.fromEntries(convs.map((x) => [x.id, 0])) : {});
           c.awaitResumed = new Set(Object.keys(since));
           if (Object.keys(since).length === 0) c.awaitResumed.add(conv);
           c.ws!.send(JSON.stringify({ type: "resume", since }));

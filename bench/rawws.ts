@@ -1,0 +1,313 @@
+/**
+ * A lean RFC 6455 WebSocket client over `Deno.connect`, for the load generator: one read returns
+ * many frames, and benchmark messages are recognised on the bytes (no string per frame), so one
+ * generator core can receive several hundred thousand frames a second. Other frames are decoded
+ * and handed over as text. Client frames are masked (with a zero key: the bytes stay as they are).
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** What a raw socket reports to its owner. */
+export interface RawHandlers {
+  /** A text frame containing the benchmark key: the number after it, and the frame's bytes. */
+  onBench(t: number, frame: Uint8Array, keyEnd: number): void;
+  /** Any other text frame. */
+  onText(text: string): void;
+  onClose(code: number, reason: string): void;
+}
+
+/** Finds `needle` in `hay[from, to)`; -1 when absent. */
+export function indexOfBytes(hay: Uint8Array, needle: Uint8Array, from: number, to: number): number {
+  const first = needle[0];
+  const n = needle.length;
+  const last = to - n;
+  outer: for (let i = from; i <= last; i++) {
+    if (hay[i] !== first) continue;
+    for (let j = 1; j < n; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+/** Parses a non-negative decimal number (digits, optional fraction) at `at`. */
+export function numberAt(buf: Uint8Array, at: number): number {
+  let v = 0;
+  let i = at;
+  let c = buf[i];
+  while (c >= 48 && c <= 57) {
+    v = v * 10 + (c - 48);
+    c = buf[++i];
+  }
+  if (c === 46) {
+    let scale = 0.1;
+    c = buf[++i];
+    while (c >= 48 && c <= 57) {
+      v += (c - 48) * scale;
+      scale /= 10;
+      c = buf[++i];
+    }
+  }
+  return i === at ? NaN : v;
+}
+
+/** A client WebSocket on a raw TCP connection. */
+export class RawSocket {
+  open = false;
+  closed = false;
+  #conn!: Deno.TcpConn;
+  #buf = new Uint8Array(1 << 18);
+  #len = 0;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #writing = false;
+  #key: Uint8Array;
+  #handlers: RawHandlers;
+  #paused = false;
+  #fragments: Uint8Array[] = [];
+
+  constructor(key: string, handlers: RawHandlers) {
+    this.#key = encoder.encode(key);
+    this.#handlers = handlers;
+  }
+
+  /** Connects and completes the opening handshake. */
+  async connect(url: URL, headers: Record<string, string> = {}): Promise<void> {
+    this.#conn = await Deno.connect({ hostname: url.hostname, port: Number(url.port || 80) });
+    this.#conn.setNoDelay(true);
+    const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+    const request = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+      `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+      `Sec-WebSocket-Version: 13\r\n${extra}\r\n`;
+    await this.#writeAll(encoder.encode(request));
+    // Read the response head; frames may follow in the same read.
+    for (;;) {
+      const n = await this.#conn.read(this.#buf.subarray(this.#len));
+      if (n === null) throw new Error("connection closed during the handshake");
+      this.#len += n;
+      const end = indexOfBytes(this.#buf, CRLF2, 0, this.#len);
+      if (end >= 0) {
+        const head = decoder.decode(this.#buf.subarray(0, end));
+        if (!head.startsWith("HTTP/1.1 101")) {
+          throw new Error(`handshake refused: ${head.split("\r\n")[0]}`);
+        }
+        this.#buf.copyWithin(0, end + 4, this.#len);
+        this.#len -= end + 4;
+        break;
+      }
+      if (this.#len === this.#buf.length) throw new Error("handshake response too large");
+    }
+    this.open = true;
+    this.#parse();
+    void this.#readLoop();
+  }
+
+  /** Stops reading from the socket (the peer's sends pile up in the kernel, then at the server). */
+  pause() {
+    this.#paused = true;
+  }
+
+  /** Reads what is queued until the server closes or `ms` pass; whether it closed, bytes read. */
+  async drainUntilClosed(ms: number): Promise<{ closed: boolean; bytes: number }> {
+    const until = performance.now() + ms;
+    const buf = new Uint8Array(1 << 20);
+    let bytes = 0;
+    while (performance.now() < until) {
+      let timer = 0;
+      const n = await Promise.race([
+        this.#conn.read(buf).catch(() => null),
+        new Promise<number>((r) => timer = setTimeout(() => r(-1), Math.max(1, until - performance.now()))),
+      ]);
+      clearTimeout(timer);
+      if (n === null) return { closed: true, bytes };
+      if (n === -1) break;
+      bytes += n;
+    }
+    return { closed: false, bytes };
+  }
+
+  /** Sends a text frame. */
+  send(text: string) {
+    if (!this.open) return;
+    const body = encoder.encode(text);
+    this.#enqueue(frame(0x1, body));
+  }
+
+  close() {
+    if (this.closed) return;
+    if (this.open) {
+      this.open = false;
+      try {
+        this.#enqueue(frame(0x8, new Uint8Array([0x03, 0xe8])));
+      } catch { /* gone */ }
+    }
+    setTimeout(() => this.#shutdown(), 50);
+  }
+
+  #shutdown() {
+    if (this.closed) return;
+    this.closed = true;
+    this.open = false;
+    try {
+      this.#conn.close();
+    } catch { /* closed */ }
+  }
+
+  #enqueue(bytes: Uint8Array) {
+    this.#queue.push(bytes);
+    this.#queued += bytes.length;
+    if (!this.#writing) void this.#flush();
+  }
+
+  async #flush() {
+    this.#writing = true;
+    try {
+      while (this.#queue.length) {
+        let chunk: Uint8Array;
+        if (this.#queue.length === 1) chunk = this.#queue[0];
+        else {
+          chunk = new Uint8Array(this.#queued);
+          let off = 0;
+          for (const q of this.#queue) {
+            chunk.set(q, off);
+            off += q.length;
+          }
+        }
+        this.#queue = [];
+        this.#queued = 0;
+        await this.#writeAll(chunk);
+      }
+    } catch {
+      this.#queue = [];
+      this.#queued = 0;
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  async #writeAll(data: Uint8Array) {
+    let off = 0;
+    while (off < data.length) off += await this.#conn.write(data.subarray(off));
+  }
+
+  async #readLoop() {
+    try {
+      while (!this.closed) {
+        if (this.#paused) return;
+        if (this.#len === this.#buf.length) {
+          const bigger = new Uint8Array(this.#buf.length * 2);
+          bigger.set(this.#buf);
+          this.#buf = bigger;
+        }
+        const n = await this.#conn.read(this.#buf.subarray(this.#len));
+        if (n === null) break;
+        this.#len += n;
+        this.#parse();
+      }
+    } catch { /* reset */ }
+    if (this.#paused) return;
+    const wasOpen = this.open;
+    this.open = false;
+    this.#shutdown();
+    if (wasOpen) this.#handlers.onClose(1006, "connection lost");
+  }
+
+  #parse() {
+    const buf = this.#buf;
+    const len = this.#len;
+    let off = 0;
+    while (len - off >= 2) {
+      const b0 = buf[off];
+      const b1 = buf[off + 1];
+      let plen = b1 & 0x7f;
+      let hdr = 2;
+      if (plen === 126) {
+        if (len - off < 4) break;
+        plen = (buf[off + 2] << 8) | buf[off + 3];
+        hdr = 4;
+      } else if (plen === 127) {
+        if (len - off < 10) break;
+        plen = Number(new DataView(buf.buffer, buf.byteOffset + off + 2, 8).getBigUint64(0));
+        hdr = 10;
+      }
+      if (b1 & 0x80) hdr += 4; // servers do not mask; skip a key if one came
+      if (len - off < hdr + plen) {
+        if (hdr + plen > buf.length) {
+          const bigger = new Uint8Array(hdr + plen + 1024);
+          bigger.set(buf.subarray(0, len));
+          this.#buf = bigger;
+        }
+        break;
+      }
+      this.#frame(b0 & 0x80, b0 & 0x0f, buf, off + hdr, off + hdr + plen);
+      off += hdr + plen;
+    }
+    if (off > 0) {
+      this.#buf.copyWithin(0, off, len);
+      this.#len = len - off;
+    }
+  }
+
+  #frame(fin: number, opcode: number, buf: Uint8Array, start: number, end: number) {
+    if (opcode === 0x1 || opcode === 0x2 || opcode === 0x0) {
+      if (!fin || this.#fragments.length) {
+        this.#fragments.push(buf.slice(start, end));
+        if (!fin) return;
+        const total = this.#fragments.reduce((a, f) => a + f.length, 0);
+        const whole = new Uint8Array(total);
+        let o = 0;
+        for (const f of this.#fragments) {
+          whole.set(f, o);
+          o += f.length;
+        }
+        this.#fragments = [];
+        this.#message(whole, 0, whole.length);
+      } else this.#message(buf, start, end);
+    } else if (opcode === 0x9) {
+      this.#enqueue(frame(0xa, buf.slice(start, end)));
+    } else if (opcode === 0x8) {
+      const code = end - start >= 2 ? (buf[start] << 8) | buf[start + 1] : 1005;
+      const reason = decoder.decode(buf.subarray(Math.min(end, start + 2), end));
+      const wasOpen = this.open;
+      if (wasOpen) this.#enqueue(frame(0x8, buf.slice(start, Math.min(end, start + 2))));
+      this.open = false;
+      setTimeout(() => this.#shutdown(), 50);
+      if (wasOpen) this.#handlers.onClose(code, reason);
+    }
+  }
+
+  #message(buf: Uint8Array, start: number, end: number) {
+    const k = indexOfBytes(buf, this.#key, start, end);
+    if (k >= 0) {
+      const at = k + this.#key.length;
+      this.#handlers.onBench(numberAt(buf, at), buf.subarray(start, end), at - start);
+    } else {
+      this.#handlers.onText(decoder.decode(buf.subarray(start, end)));
+    }
+  }
+}
+
+const CRLF2 = encoder.encode("\r\n\r\n");
+
+/** A masked client frame with a zero masking key. */
+function frame(opcode: number, body: Uint8Array): Uint8Array {
+  const len = body.length;
+  const head = len < 126 ? 2 : len < 65536 ? 4 : 10;
+  const out = new Uint8Array(head + 4 + len);
+  out[0] = 0x80 | opcode;
+  if (len < 126) out[1] = 0x80 | len;
+  else if (len < 65536) {
+    out[1] = 0x80 | 126;
+    out[2] = len >> 8;
+    out[3] = len & 0xff;
+  } else {
+    out[1] = 0x80 | 127;
+    new DataView(out.buffer).setBigUint64(2, BigInt(len));
+  }
+  // Masking key 0,0,0,0: masked bytes equal the plain bytes.
+  out.set(body, head + 4);
+  return out;
+}

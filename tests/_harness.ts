@@ -141,28 +141,37 @@ export class TestClient {
   }
 
   /**
-   * The next frame (after the last one returned) of `type` matching `match`; waits up to
-   * `timeoutMs`. Frames skipped over stay in `frames` for later inspection.
+   * The next frame of `type` matching `match`; waits up to `timeoutMs`. Frames skipped over
+   * stay in `frames` for later inspection.
    */
   next(
     type: string,
     match: (f: Frame) => boolean = () => true,
     timeoutMs = 5000,
   ): Promise<Frame> {
-    const test = (f: Frame) => f.type === type && match(f);
+    return this.wait((f) => f.type === type && match(f), timeoutMs, type).promise;
+  }
+
+  /** Waits for the first frame passing `test`; `cancel` stops waiting (and its timer). */
+  wait(
+    test: (f: Frame) => boolean,
+    timeoutMs = 5000,
+    what = "matching",
+  ): { promise: Promise<Frame>; cancel: () => void } {
     for (let i = this.#cursor; i < this.frames.length; i++) {
       if (test(this.frames[i])) {
         const f = this.frames[i];
         this.frames.splice(i, 1);
-        return Promise.resolve(f);
+        return { promise: Promise.resolve(f), cancel: () => {} };
       }
     }
-    return new Promise((resolve, reject) => {
+    let cancel = () => {};
+    const promise = new Promise<Frame>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#waiters = this.#waiters.filter((w) => w !== waiter);
         reject(
           new Error(
-            `Timed out waiting for a ${type} frame; got: ${
+            `Timed out waiting for a ${what} frame; got: ${
               JSON.stringify(this.frames.slice(-8)).slice(0, 1500)
             }`,
           ),
@@ -176,8 +185,13 @@ export class TestClient {
           resolve(f);
         },
       };
+      cancel = () => {
+        clearTimeout(timer);
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+      };
       this.#waiters.push(waiter);
     });
+    return { promise, cancel };
   }
 
   /** Sends a frame and waits for the frame of `type` that answers it. */
@@ -188,15 +202,24 @@ export class TestClient {
   }
 
   /** Sends a message and waits for its ack (or throws with the error frame). */
-  async post(conv: string | { to: string }, text: string, id = crypto.randomUUID()) {
+  async post(conv: string | { to: string }, text: string, id: string = crypto.randomUUID()) {
     const target = typeof conv === "string" ? { conv } : conv;
-    const ack = this.next("ack", (f) => f.id === id);
-    const error = this.next("error", (f) => f.id === id, 10_000).then((f) => {
-      throw new Error(`Send failed: ${f.code} ${f.message}`);
-    });
-    error.catch(() => {});
+    const ack = this.wait((f) => f.type === "ack" && f.id === id, 10_000, "ack");
+    const error = this.wait((f) => f.type === "error" && f.id === id, 10_000, "error");
     this.send({ type: "send", id, ...target, text });
-    return await Promise.race([ack, error]);
+    try {
+      return await Promise.race([
+        ack.promise,
+        error.promise.then((f) => {
+          throw new Error(`Send failed: ${f.code} ${f.message}`);
+        }),
+      ]);
+    } finally {
+      ack.cancel();
+      error.cancel();
+      ack.promise.catch(() => {});
+      error.promise.catch(() => {});
+    }
   }
 
   /** Closes the socket and waits until it is closed. */

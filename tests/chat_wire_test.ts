@@ -1,0 +1,286 @@
+/**
+ * The core chat service over a real socket: a real server on port 0 and real WebSocket clients.
+ */
+import assert from "node:assert/strict";
+import { signIn, startServer, TestClient, uniqueName } from "./_harness.ts";
+
+Deno.test("sign-in offers a unique default name and issues a token a reconnect reuses", async () => {
+  await using server = await startServer();
+  const suggestion = await (await fetch(`${server.url}/api/names/suggest`)).json();
+  assert.match(suggestion.name, /^Guest-\d+/);
+  const ann = await signIn(server.url, suggestion.name);
+  assert.equal(ann.user.name, suggestion.name);
+  const again = await (await fetch(`${server.url}/api/names/suggest`)).json();
+  assert.notEqual(again.name.toLowerCase(), "");
+  // The name is now taken.
+  const taken = await fetch(`${server.url}/api/session`, {
+    method: "POST",
+    body: JSON.stringify({ name: suggestion.name.toUpperCase() }),
+  });
+  assert.equal(taken.status, 409);
+  assert.equal((await taken.json()).error.code, "conflict");
+  // Two sockets with the same token are the same user.
+  await using one = await TestClient.connect(server, ann.token);
+  await using two = await TestClient.connect(server, ann.token);
+  assert.equal(one.welcome.user.id, ann.user.id);
+  assert.equal(two.welcome.user.id, ann.user.id);
+  assert.equal(one.welcome.node, server.node.id);
+  assert.deepEqual(one.welcome.limits.rate, { burst: 20, perSecond: 5 });
+  assert.equal(one.welcome.conversations[0].id, "lobby");
+  const me = await fetch(`${server.url}/api/me`, {
+    headers: { authorization: `Bearer ${ann.token}` },
+  });
+  assert.equal((await me.json()).user.id, ann.user.id);
+});
+
+Deno.test("lobby: every user receives every lobby message, sender included, with an ack", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  const ack = await ca.post("lobby", "hello everyone", "m-1");
+  assert.equal(ack.conv, "lobby");
+  assert.equal(ack.seq, 1);
+  const got = await cb.next("message", (f) => f.id === "m-1");
+  assert.deepEqual(
+    { conv: got.conv, seq: got.seq, from: got.from, name: got.name, text: got.text },
+    { conv: "lobby", seq: 1, from: a.user.id, name: a.user.name, text: "hello everyone" },
+  );
+  await ca.next("message", (f) => f.id === "m-1");
+});
+
+Deno.test("direct messages both ways, only to the two users, with idempotent resend", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  const c = await signIn(server.url, uniqueName("cat"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  await using cc = await TestClient.connect(server, c.token);
+  const first = await ca.post({ to: b.user.id }, "hi bob", "dm-1");
+  const conv = first.conv;
+  assert.match(conv, /^d:/);
+  assert.equal((await cb.next("message", (f) => f.id === "dm-1")).text, "hi bob");
+  const reply = await cb.post(conv, "hi ann", "dm-2");
+  assert.equal(reply.seq, 2);
+  assert.equal((await ca.next("message", (f) => f.id === "dm-2")).text, "hi ann");
+  // The same id again: acked with the same seq, stored once, not delivered again.
+  const again = await ca.post({ to: b.user.id }, "hi bob", "dm-1");
+  assert.equal(again.seq, 1);
+  assert.equal(again.duplicate, true);
+  const page = await ca.request({ type: "history", conv }, "history");
+  assert.deepEqual(page.messages.map((m: { id: string }) => m.id), ["dm-1", "dm-2"]);
+  // The third user gets nothing of it and cannot read or write it.
+  await cc.request({ type: "ping" }, "pong");
+  assert.equal(cc.frames.filter((f) => f.type === "message" && f.conv === conv).length, 0);
+  const refused = await cc.request({ type: "history", conv }, "error");
+  assert.equal(refused.code, "not_found");
+  const send = cc.next("error");
+  cc.send({ type: "send", id: "x1", conv, text: "intrude" });
+  assert.equal((await send).code, "not_found");
+  // A reconnect lists the direct conversation with its head.
+  await using cb2 = await TestClient.connect(server, b.token);
+  const listed = cb2.welcome.conversations.find((x: { id: string }) => x.id === conv);
+  assert.equal(listed.lastSeq, 2);
+  assert.equal(listed.peer.id, a.user.id);
+  assert.equal(listed.last.text, "hi ann");
+});
+
+Deno.test("groups: create, list, join, members, send, leave", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  const created = await ca.request({ type: "group.create", name: "Hiking" }, "conversation");
+  const group = created.conversation.group.id;
+  const conv = created.conversation.id;
+  assert.equal(conv, `g:${group}`);
+  assert.equal(created.conversation.title, "Hiking");
+  const listed = await cb.request({ type: "group.list" }, "groups");
+  const entry = listed.groups.find((g: { id: string }) => g.id === group);
+  assert.deepEqual({ member: entry.member, members: entry.members }, { member: false, members: 1 });
+  // Not a member yet: refused.
+  assert.equal((await cb.request({ type: "history", conv }, "error")).code, "not_found");
+  cb.send({ type: "group.join", group });
+  const joined = await cb.next("conversation");
+  assert.equal(joined.conversation.id, conv);
+  const notice = await ca.next("message", (f) => f.conv === conv && f.meta?.event === "joined");
+  assert.equal(notice.kind, "notice");
+  assert.equal(notice.meta.user.id, b.user.id);
+  const members = await ca.request({ type: "group.members", group }, "members");
+  assert.deepEqual(
+    members.members.map((m: { id: string }) => m.id).sort(),
+    [a.user.id, b.user.id].sort(),
+  );
+  await ca.post(conv, "trail at 9", "g-1");
+  assert.equal((await cb.next("message", (f) => f.id === "g-1")).text, "trail at 9");
+  await cb.post(conv, "see you", "g-2");
+  await ca.next("message", (f) => f.id === "g-2");
+  cb.send({ type: "group.leave", group });
+  assert.equal((await cb.next("conversation.removed")).conv, conv);
+  await ca.next("message", (f) => f.conv === conv && f.meta?.event === "left");
+  await ca.post(conv, "bye", "g-3");
+  await cb.request({ type: "ping" }, "pong");
+  assert.equal(cb.frames.some((f) => f.id === "g-3"), false);
+  const error = cb.next("error");
+  cb.send({ type: "send", id: "g-4", conv, text: "still here?" });
+  assert.equal((await error).code, "not_found");
+});
+
+Deno.test("private groups: only the owner adds members; outsiders cannot join", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  const c = await signIn(server.url, uniqueName("cat"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  await using cc = await TestClient.connect(server, c.token);
+  const created = await ca.request(
+    { type: "group.create", name: "Secret", public: false },
+    "conversation",
+  );
+  const group = created.conversation.group.id;
+  const list = await cc.request({ type: "group.list" }, "groups");
+  assert.equal(list.groups.some((g: { id: string }) => g.id === group), false);
+  assert.equal((await cc.request({ type: "group.join", group }, "error")).code, "not_found");
+  ca.send({ type: "group.add", group, user: b.user.id });
+  await cb.next("conversation", (f) => f.conversation.id === `g:${group}`);
+  await ca.post(`g:${group}`, "welcome bob", "p-1");
+  await cb.next("message", (f) => f.id === "p-1");
+  // A member who is not the owner cannot add.
+  assert.equal(
+    (await cb.request({ type: "group.add", group, user: c.user.id }, "error")).code,
+    "forbidden",
+  );
+  ca.send({ type: "group.remove", group, user: b.user.id });
+  await cb.next("conversation.removed");
+  await ca.post(`g:${group}`, "after removal", "p-2");
+  await cb.request({ type: "ping" }, "pong");
+  assert.equal(cb.frames.some((f) => f.id === "p-2"), false);
+});
+
+Deno.test("presence: online and offline events, the online list, typing", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  const cb = await TestClient.connect(server, b.token);
+  const online = await ca.next(
+    "presence",
+    (f) => f.changes.some((c: { user: { id: string }; online: boolean }) =>
+      c.user.id === b.user.id && c.online
+    ),
+  );
+  assert.ok(online);
+  const list = await ca.request({ type: "presence.list" }, "online");
+  assert.deepEqual(
+    list.users.map((u: { id: string }) => u.id).sort(),
+    [a.user.id, b.user.id].sort(),
+  );
+  // A second connection of bob, then closing one: still online.
+  const cb2 = await TestClient.connect(server, b.token);
+  await cb.close();
+  cb2.send({ type: "typing", conv: "lobby" });
+  const typing = await ca.next("typing");
+  assert.deepEqual(typing, { type: "typing", conv: "lobby", user: { id: b.user.id, name: b.user.name } });
+  await cb2.close();
+  const offline = await ca.next(
+    "presence",
+    (f) => f.changes.some((c: { user: { id: string }; online: boolean }) =>
+      c.user.id === b.user.id && !c.online
+    ),
+  );
+  assert.ok(offline);
+  // Bob was online throughout his two connections: one online event, one offline event.
+  const events = [online, offline].flatMap((f) => f.changes).filter((
+    c: { user: { id: string } },
+  ) => c.user.id === b.user.id);
+  assert.deepEqual(events.map((c: { online: boolean }) => c.online), [true, false]);
+});
+
+Deno.test("history pages over the socket and REST, members only", async () => {
+  await using server = await startServer({ config: { CHAT_RATE_BURST: 100 } });
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  const created = await ca.request({ type: "group.create", name: "Log" }, "conversation");
+  const conv = created.conversation.id;
+  for (let i = 1; i <= 30; i++) ca.send({ type: "send", id: `h-${i}`, conv, text: `n${i}` });
+  await ca.next("ack", (f) => f.id === "h-30");
+  // seq 1 is the "created" notice; messages are 2..31.
+  const newest = await ca.request({ type: "history", conv, limit: 10 }, "history");
+  assert.deepEqual(newest.messages.map((m: { seq: number }) => m.seq), [
+    22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+  ]);
+  assert.equal(newest.more, true);
+  const older = await ca.request({ type: "history", conv, before: 22, limit: 25 }, "history");
+  assert.equal(older.messages[0].seq, 1);
+  assert.equal(older.messages.at(-1).seq, 21);
+  assert.equal(older.more, false);
+  const rest = await fetch(
+    `${server.url}/api/conversations/${encodeURIComponent(conv)}/messages?before=5&limit=2`,
+    { headers: { authorization: `Bearer ${a.token}` } },
+  );
+  const body = await rest.json();
+  assert.deepEqual(body.messages.map((m: { seq: number }) => m.seq), [3, 4]);
+  assert.equal(body.more, true);
+  const outsider = await fetch(
+    `${server.url}/api/conversations/${encodeURIComponent(conv)}/messages`,
+    { headers: { authorization: `Bearer ${b.token}` } },
+  );
+  assert.equal(outsider.status, 404);
+  assert.equal((await outsider.json()).error.code, "not_found");
+  const anonymous = await fetch(`${server.url}/api/conversations/lobby/messages`);
+  assert.equal(anonymous.status, 401);
+  await anonymous.body?.cancel();
+  const bad = await fetch(`${server.url}/api/conversations/lobby/messages?limit=abc`, {
+    headers: { authorization: `Bearer ${a.token}` },
+  });
+  assert.equal(bad.status, 400);
+  assert.match((await bad.json()).error.message, /Expected limit to be an integer/);
+});
+
+Deno.test("bad input gets error frames with stable codes and the socket stays open", async () => {
+  await using server = await startServer({ config: { CHAT_MAX_MESSAGE_BYTES: 100 } });
+  const a = await signIn(server.url, uniqueName("ann"));
+  await using ca = await TestClient.connect(server, a.token);
+  const cases: [unknown, string, RegExp][] = [
+    ["{not json", "bad_json", /Expected a JSON object/],
+    ["[]", "bad_frame", /got an array/],
+    [{ type: "dance" }, "unknown_type", /Expected type to be one of send, history/],
+    [{ type: "send", id: "x", conv: "lobby" }, "bad_frame", /text/],
+    [{ type: "send", id: "x", conv: "lobby", text: 5 }, "bad_frame", /text/],
+    [{ type: "send", id: "x", conv: "lobby", text: "é".repeat(51) }, "too_large", /100 UTF-8/],
+    [{ type: "send", id: "x", conv: "g:nosuch", text: "hi" }, "not_found", /not found/],
+    [{ type: "send", id: "x", text: "hi" }, "bad_frame", /expected conv or to/],
+    [{ type: "group.join", group: "nosuch" }, "not_found", /not found/],
+    [{ type: "history", conv: "nonsense" }, "bad_frame", /conversation id/],
+  ];
+  for (const [frame, code, message] of cases) {
+    const error = ca.next("error");
+    ca.send(frame);
+    const got = await error;
+    assert.equal(got.code, code, JSON.stringify(frame));
+    assert.match(got.message, message);
+  }
+  assert.equal((await ca.request({ type: "ping", t: 7 }, "pong")).t, 7);
+  const ack = await ca.post("lobby", "still fine");
+  assert.equal(ack.seq, 1);
+});
+
+Deno.test("read positions sync across a user's connections and count in the welcome", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  await ca.post("lobby", "one");
+  await ca.post("lobby", "two");
+  await using cb2 = await TestClient.connect(server, b.token);
+  const lobby = cb2.welcome.conversations[0];
+  assert.deepEqual({ lastSeq: lobby.lastSeq, read: lobby.read }, { lastSeq: 2, read: 0 });
+  cb.send({ type: "read", conv: "lobby", seq: 2 });
+  assert.deepEqual(await cb2.next("read"), { type: "read", conv: "lobby", seq: 2 });
+});

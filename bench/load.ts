@@ -24,7 +24,15 @@
  *
  * @module
  */
-import { CpuMeter, Histogram, median, memory, parseArgs, round, sleep } from "./lib.ts";
+import {
+  CpuMeter,
+  Histogram,
+  median,
+  memory,
+  parseArgs,
+  round,
+  sleep,
+} from "./lib.ts";
 import { indexOfBytes, numberAt, RawSocket } from "./rawws.ts";
 
 const args = parseArgs(Deno.args);
@@ -50,7 +58,8 @@ const hardStop = setTimeout(() => {
   Deno.exit(3);
 }, maxSeconds * 1000);
 
-const log = (...a: unknown[]) => console.error(`[load ${target} ${mode}]`, ...a);
+const log = (...a: unknown[]) =>
+  console.error(`[load ${target} ${mode}]`, ...a);
 
 // ---- Clients and adapters -------------------------------------------------------------------
 
@@ -90,15 +99,11 @@ interface Adapter {
   /** How `"t":` appears in a delivered frame. */
   tKey: string;
   sKey: string;
-  /** Raw-socket join frames, for the clients that stop reading. */
-  rawPath: string;
-  rawFrames(c: Client): string[];
 }
 
 const errors: Record<string, number> = {};
 let lastError = "";
 let unexpectedCloses = 0;
-let measuring = false;
 
 function joined(c: Client) {
   if (c.joined) return;
@@ -119,8 +124,6 @@ function peerAdapter(): Adapter {
     encode: (_c, payload) => payload,
     tKey: '"t":',
     sKey: '"s":',
-    rawPath: "/",
-    rawFrames: () => [],
   };
 }
 
@@ -142,8 +145,6 @@ function socketIoAdapter(): Adapter {
     encode: (_c, payload) => `42["msg",${payload}]`,
     tKey: '"t":',
     sKey: '"s":',
-    rawPath: "/socket.io/?EIO=4&transport=websocket",
-    rawFrames: () => ["40", '42["join","room"]'],
   };
 }
 
@@ -162,10 +163,14 @@ function oursAdapter(): Adapter {
       switch (f.type) {
         case "welcome": {
           c.user = f.user as Client["user"];
-          const resume = f.resume as { lastSeq?: Record<string, number> } | undefined;
+          const resume = f.resume as
+            | { lastSeq?: Record<string, number> }
+            | undefined;
           const convs = (f.conversations as { id: string }[] | undefined) ?? [];
           const since = c.since ??
-            (c.returning ? Object.fromEntries(convs.map((x) => [x.id, 0])) : {});
+            (c.returning
+              ? Object.fromEntries(convs.map((x) => [x.id, 0]))
+              : {});
           c.awaitResumed = new Set(Object.keys(since));
           if (Object.keys(since).length === 0) c.awaitResumed.add(conv);
           c.ws!.send(JSON.stringify({ type: "resume", since }));
@@ -198,16 +203,14 @@ function oursAdapter(): Adapter {
     },
     encode: (c, payload, to) =>
       to
-        ? `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","to":"${to.user!.id}","text":${
-          JSON.stringify(payload)
-        }}`
+        ? `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","to":"${
+          to.user!.id
+        }","text":${JSON.stringify(payload)}}`
         : `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","conv":"${conv}","text":${
           JSON.stringify(payload)
         }}`,
     tKey: '\\"t\\":',
     sKey: '\\"s\\":',
-    rawPath: "/ws",
-    rawFrames: () => [JSON.stringify({ type: "resume", since: {} })],
   };
 }
 
@@ -221,70 +224,136 @@ const tKey = adapter.tKey;
 const tLen = tKey.length;
 const sKey = adapter.sKey;
 
-/** Called for every delivered benchmark message: t is the sender's `performance.now()`. */
-let onBench: (c: Client, t: number, data: string, at: number) => void = () => {};
+/**
+ * Called for every delivered benchmark message: t is the sender's `performance.now()`;
+ * `sender()` parses the sender's index (only the DM mode needs it).
+ */
+let onBench: (c: Client, t: number, sender: () => number) => void = () => {};
+const clientKind = args.client ?? "raw";
+const tKeyBytes = new TextEncoder().encode(tKey);
+const sKeyBytes = new TextEncoder().encode(sKey);
 
-function handleFrame(c: Client, data: unknown) {
+function handleText(c: Client, data: unknown) {
   if (typeof data !== "string") return;
   const k = data.indexOf(tKey);
   if (k >= 0) {
     c.received++;
-    onBench(c, parseFloat(data.slice(k + tLen, k + tLen + 24)), data, k);
+    onBench(c, parseFloat(data.slice(k + tLen, k + tLen + 24)), () => {
+      const j = data.indexOf(sKey, k);
+      return j < 0
+        ? -1
+        : parseInt(data.slice(j + sKey.length, j + sKey.length + 12));
+    });
   } else {
     adapter.onFrame(c, data);
   }
-}
-
-function senderOf(data: string, from: number): number {
-  const k = data.indexOf(sKey, from);
-  return k < 0 ? -1 : parseInt(data.slice(k + sKey.length, k + sKey.length + 12));
 }
 
 function newClient(i: number): Client {
   return { i, joined: false, open: false, received: 0, lastSeq: {} };
 }
 
-function connect(c: Client, timeoutMs = 30_000): Promise<void> {
+function onClosed(
+  c: Client,
+  code: number,
+  reason: string,
+  reject: (e: Error) => void,
+  timer: ReturnType<typeof setTimeout>,
+) {
+  const wasOpen = c.open;
+  c.open = false;
+  if (!c.joined) {
+    clearTimeout(timer);
+    reject(new Error(`client ${c.i}: closed before join (${code} ${reason})`));
+  } else if (wasOpen && !closingAll) {
+    unexpectedCloses++;
+    if (unexpectedCloses <= 3) {
+      log(`client ${c.i} closed by server: ${code} ${reason}`);
+    }
+  }
+}
+
+/** Opens a client's socket; resolves once the server confirmed the join. */
+function connect(
+  c: Client,
+  timeoutMs = 30_000,
+  kind = clientKind,
+): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`client ${c.i}: no join in ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`client ${c.i}: no join in ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     c.joined = false;
     c.onJoined = () => {
       clearTimeout(timer);
       resolve();
     };
     const headers = adapter.headers(c);
+    if (kind === "raw") {
+      const raw = new RawSocket(tKey, {
+        onBench: (t, frame, keyEnd) => {
+          c.received++;
+          onBench(c, t, () => {
+            const j = indexOfBytes(frame, sKeyBytes, keyEnd, frame.length);
+            return j < 0 ? -1 : numberAt(frame, j + sKeyBytes.length);
+          });
+        },
+        onText: (text) => adapter.onFrame(c, text),
+        onClose: (code, reason) => onClosed(c, code, reason, reject, timer),
+      });
+      c.raw = raw;
+      c.ws = raw;
+      raw.connect(new URL(adapter.wsUrl.replace(/^ws/, "http")), headers).then(
+        () => {
+          c.open = true;
+          adapter.onOpen(c);
+        },
+        (error) => {
+          clearTimeout(timer);
+          reject(new Error(`client ${c.i}: ${error}`));
+        },
+      );
+      return;
+    }
     // Deno's WebSocket takes request headers as a second argument (not in the DOM typings).
     const ws = headers
-      ? new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(adapter.wsUrl, {
-        headers,
-      })
+      ? new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(
+        adapter.wsUrl,
+        {
+          headers,
+        },
+      )
       : new WebSocket(adapter.wsUrl);
-    c.ws = ws;
+    c.ws = {
+      send: (t) => ws.send(t),
+      close: () => ws.close(),
+      get open() {
+        return ws.readyState === 1;
+      },
+    };
     ws.onopen = () => {
       c.open = true;
       adapter.onOpen(c);
     };
-    ws.onmessage = (e) => handleFrame(c, e.data);
+    ws.onmessage = (e) => handleText(c, e.data);
     ws.onerror = () => {};
-    ws.onclose = (e) => {
-      const wasOpen = c.open;
-      c.open = false;
-      if (!c.joined) {
-        clearTimeout(timer);
-        reject(new Error(`client ${c.i}: closed before join (${e.code} ${e.reason})`));
-      } else if (wasOpen && !closingAll) {
-        unexpectedCloses++;
-        if (unexpectedCloses <= 3) log(`client ${c.i} closed by server: ${e.code} ${e.reason}`);
-      }
-    };
+    ws.onclose = (e) => onClosed(c, e.code, e.reason, reject, timer);
   });
 }
 
-async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>) {
+async function pool<T>(
+  items: T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+) {
   let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]);
-  });
+  const workers = Array.from(
+    { length: Math.min(limit, items.length) },
+    async () => {
+      while (next < items.length) await fn(items[next++]);
+    },
+  );
   await Promise.all(workers);
 }
 
@@ -303,13 +372,23 @@ async function signIn(c: Client) {
       c.user = body.user;
       return;
     }
-    if (attempt >= 3) throw new Error(`sign-in of ${name}: ${res.status} ${text.slice(0, 300)}`);
+    if (attempt >= 3) {
+      throw new Error(
+        `sign-in of ${name}: ${res.status} ${text.slice(0, 300)}`,
+      );
+    }
     await sleep(200 * (attempt + 1));
   }
 }
 
-async function setup(count: number, offset = 0): Promise<{ clients: Client[]; signInMs: number; connectMs: number }> {
-  const clients = Array.from({ length: count }, (_, k) => newClient(offset + k));
+async function setup(
+  count: number,
+  offset = 0,
+): Promise<{ clients: Client[]; signInMs: number; connectMs: number }> {
+  const clients = Array.from(
+    { length: count },
+    (_, k) => newClient(offset + k),
+  );
   let t = performance.now();
   if (target === "ours") await pool(clients, 32, signIn);
   const signInMs = performance.now() - t;
@@ -388,7 +467,8 @@ function openLoop(perSecond: number, sendOne: () => void): () => void {
   const t0 = performance.now();
   let sent = 0;
   const timer = setInterval(() => {
-    const due = Math.floor(((performance.now() - t0) * perSecond) / 1000) - sent;
+    const due = Math.floor(((performance.now() - t0) * perSecond) / 1000) -
+      sent;
     for (let j = 0; j < due; j++) sendOne();
     sent += due;
   }, 1);
@@ -415,7 +495,10 @@ interface Summary {
   windows: Record<string, number>[];
 }
 
-function summarize(windows: Window[], expectedPer: (w: Window) => number): Summary {
+function summarize(
+  windows: Window[],
+  expectedPer: (w: Window) => number,
+): Summary {
   const rows = windows.map((w) => {
     const expected = expectedPer(w);
     return {
@@ -444,86 +527,18 @@ function summarize(windows: Window[], expectedPer: (w: Window) => number): Summa
     serverCpu: med("serverCpu"),
     clientCpu,
     clientBound: clientCpu >= 90,
-    windows: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v, 4)]))),
+    windows: rows.map((r) =>
+      Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v, 4)]))
+    ),
   };
 }
 
 function serverMem() {
   const m = serverPid ? memory(serverPid) : { rss: NaN, hwm: NaN };
-  return { serverRssMB: round(m.rss / 1048576, 1), serverPeakRssMB: round(m.hwm / 1048576, 1) };
-}
-
-// ---- Raw clients that stop reading --------------------------------------------------------
-
-interface RawClient {
-  conn: Deno.TcpConn;
-}
-
-function maskedTextFrame(text: string): Uint8Array {
-  const body = new TextEncoder().encode(text);
-  const len = body.length;
-  const head = len < 126 ? 2 : 4;
-  const frame = new Uint8Array(head + 4 + len);
-  frame[0] = 0x81;
-  if (len < 126) frame[1] = 0x80 | len;
-  else {
-    frame[1] = 0x80 | 126;
-    frame[2] = len >> 8;
-    frame[3] = len & 0xff;
-  }
-  const mask = crypto.getRandomValues(new Uint8Array(4));
-  frame.set(mask, head);
-  for (let i = 0; i < len; i++) frame[head + 4 + i] = body[i] ^ mask[i & 3];
-  return frame;
-}
-
-async function writeAll(conn: Deno.TcpConn, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}
-
-async function rawConnect(c: Client): Promise<RawClient> {
-  const conn = await Deno.connect({ hostname: host.hostname, port: Number(host.port) });
-  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-  const extra = Object.entries(adapter.headers(c) ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join("");
-  const request = `GET ${adapter.rawPath} HTTP/1.1\r\nHost: ${host.host}\r\nUpgrade: websocket\r\n` +
-    `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
-  await writeAll(conn, new TextEncoder().encode(request));
-  const buf = new Uint8Array(65536);
-  let head = "";
-  while (!head.includes("\r\n\r\n")) {
-    const n = await conn.read(buf);
-    if (n === null) throw new Error("raw client: closed during handshake");
-    head += new TextDecoder().decode(buf.subarray(0, n));
-  }
-  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`raw client: ${head.split("\r\n")[0]}`);
-  for (const f of adapter.rawFrames(c)) await writeAll(conn, maskedTextFrame(f));
-  // Read whatever comes for a moment (welcome, join ack), then never read again.
-  const until = performance.now() + 500;
-  while (performance.now() < until) {
-    const n = await Promise.race([conn.read(buf), sleep(100).then(() => -1)]);
-    if (n === null) throw new Error("raw client: closed after join");
-    if (n === -1) break;
-  }
-  return { conn };
-}
-
-/** Whether the server closed a raw client (reads what is queued, within `ms`). */
-async function rawClosed(r: RawClient, ms: number): Promise<{ closed: boolean; bytes: number }> {
-  const buf = new Uint8Array(1 << 20);
-  const until = performance.now() + ms;
-  let bytes = 0;
-  try {
-    while (performance.now() < until) {
-      const n = await Promise.race([r.conn.read(buf), sleep(Math.max(1, until - performance.now())).then(() => -1)]);
-      if (n === null) return { closed: true, bytes };
-      if (n === -1) break;
-      bytes += n;
-    }
-  } catch {
-    return { closed: true, bytes };
-  }
-  return { closed: false, bytes };
+  return {
+    serverRssMB: round(m.rss / 1048576, 1),
+    serverPeakRssMB: round(m.hwm / 1048576, 1),
+  };
 }
 
 // ---- Modes --------------------------------------------------------------------------------
@@ -533,12 +548,16 @@ async function modeFanout() {
   const slowFraction = Number(args.slow ?? 0);
   const { clients, signInMs, connectMs } = await setup(N);
   log(`${N} clients joined in ${round(connectMs)} ms`);
-  const raw: RawClient[] = [];
+  const raw: RawSocket[] = [];
   const slowCount = Math.round(N * slowFraction);
   if (slowCount > 0) {
     const slow = Array.from({ length: slowCount }, (_, k) => newClient(N + k));
     if (target === "ours") await pool(slow, 8, signIn);
-    for (const c of slow) raw.push(await rawConnect(c));
+    for (const c of slow) {
+      await connect(c, 30_000, "raw");
+      c.raw!.pause();
+      raw.push(c.raw!);
+    }
     log(`${slowCount} slow clients joined and stopped reading`);
   }
   let rr = 0;
@@ -552,7 +571,9 @@ async function modeFanout() {
   };
   const sendOne = () => {
     let c = clients[rr++ % clients.length];
-    for (let tries = 0; !c.open && tries < clients.length; tries++) c = clients[rr++ % clients.length];
+    for (let tries = 0; !c.open && tries < clients.length; tries++) {
+      c = clients[rr++ % clients.length];
+    }
     const t = performance.now();
     const w = schedule?.at(t);
     if (w) w.sent++;
@@ -564,7 +585,6 @@ async function modeFanout() {
   for (const rate of rates) {
     const receivers = clients.filter((c) => c.open).length;
     schedule = new Schedule(performance.now());
-    measuring = true;
     const errors0 = JSON.stringify(errors);
     const cpu = schedule.sampleCpu();
     const stop = openLoop(rate / receivers, sendOne);
@@ -572,8 +592,10 @@ async function modeFanout() {
     stop();
     const s = schedule;
     const expected = (w: Window) => w.sent * receivers;
-    const drained = await waitFor(() => s.windows.every((w) => w.delivered >= expected(w)), drainMs);
-    measuring = false;
+    const drained = await waitFor(
+      () => s.windows.every((w) => w.delivered >= expected(w)),
+      drainMs,
+    );
     const summary = summarize(s.windows, expected);
     const pass = summary.reachMin >= 1 && summary.p99 <= p99Limit;
     if (pass) knee = rate;
@@ -589,29 +611,41 @@ async function modeFanout() {
     };
     steps.push(step);
     log(
-      `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${round(summary.deliveredPerSec)}/s ` +
-        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} max ${round(summary.max)} ms ` +
-        `srv ${round(summary.serverCpu)}% cli ${round(summary.clientCpu)}% ${pass ? "PASS" : "FAIL"}`,
+      `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${
+        round(summary.deliveredPerSec)
+      }/s ` +
+        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} max ${
+          round(summary.max)
+        } ms ` +
+        `srv ${round(summary.serverCpu)}% cli ${round(summary.clientCpu)}% ${
+          pass ? "PASS" : "FAIL"
+        }`,
     );
     if (!pass && stopOnFail) break;
     await sleep(300);
   }
   let slowReport;
   if (raw.length) {
-    const results = await Promise.all(raw.map((r) => rawClosed(r, 3000)));
+    const results = await Promise.all(raw.map((r) => r.drainUntilClosed(3000)));
     slowReport = {
       slowClients: raw.length,
       closedByServer: results.filter((r) => r.closed).length,
-      queuedMBReadBack: round(results.reduce((a, r) => a + r.bytes, 0) / 1048576, 1),
+      queuedMBReadBack: round(
+        results.reduce((a, r) => a + r.bytes, 0) / 1048576,
+        1,
+      ),
     };
-    for (const r of raw) {
-      try {
-        r.conn.close();
-      } catch { /* closed */ }
-    }
+    for (const r of raw) r.close();
   }
   closeAll(clients);
-  return { knee, steps, signInMs: round(signInMs), connectMs: round(connectMs), memBefore: hwm0, slow: slowReport };
+  return {
+    knee,
+    steps,
+    signInMs: round(signInMs),
+    connectMs: round(connectMs),
+    memBefore: hwm0,
+    slow: slowReport,
+  };
 }
 
 async function modeRounds() {
@@ -678,7 +712,9 @@ async function modeRounds() {
   // Closed loop: a window's deliveries are the ones of rounds that completed; reach is whether
   // every round completed (a lost message stalls the loop).
   const summary = summarize(windows, (w) => w.delivered);
-  summary.reach = summary.reachMin = lost === 0 && !stalled ? 1 : 1 - lost / perRound;
+  summary.reach = summary.reachMin = lost === 0 && !stalled
+    ? 1
+    : 1 - lost / perRound;
   closeAll(clients);
   return {
     rounds,
@@ -699,9 +735,16 @@ async function modeDm() {
   const offlineFraction = Number(args.offline ?? 0.1);
   const offlineCount = Math.round(N * offlineFraction);
   const { clients, connectMs, signInMs } = await setup(N);
-  const offline = Array.from({ length: offlineCount }, (_, k) => newClient(N + k));
+  const offline = Array.from(
+    { length: offlineCount },
+    (_, k) => newClient(N + k),
+  );
   await pool(offline, 32, signIn);
-  log(`${N} online users joined in ${round(connectMs)} ms, ${offlineCount} offline users`);
+  log(
+    `${N} online users joined in ${
+      round(connectMs)
+    } ms, ${offlineCount} offline users`,
+  );
   const schedules: Schedule[] = [];
   let schedule: Schedule | undefined;
   const find = (t: number) => {
@@ -715,8 +758,8 @@ async function modeDm() {
     }
   };
   let returning = false;
-  onBench = (c, t, data, k) => {
-    if (senderOf(data, k) === c.i) return; // the sender's own copy
+  onBench = (c, t, sender) => {
+    if (sender() === c.i) return; // the sender's own copy
     const w = find(t);
     if (!w) return;
     if (returning && c.i >= N) w.deliveredOffline++;
@@ -740,7 +783,9 @@ async function modeDm() {
       if (toOffline) w.sentOffline++;
       else w.sent++;
     }
-    if (from.open) from.ws!.send(adapter.encode(from, payload(t, from.i, ++seq), to));
+    if (from.open) {
+      from.ws!.send(adapter.encode(from, payload(t, from.i, ++seq), to));
+    }
   };
   const steps = [];
   let knee = 0;
@@ -751,16 +796,31 @@ async function modeDm() {
     await cpu;
     stop();
     const s = schedule;
-    const drained = await waitFor(() => s.windows.every((w) => w.delivered >= w.sent), drainMs);
+    const drained = await waitFor(
+      () => s.windows.every((w) => w.delivered >= w.sent),
+      drainMs,
+    );
     schedules.push(s);
     const summary = summarize(s.windows, (w) => w.sent);
     const pass = summary.reachMin >= 1 && summary.p99 <= p99Limit;
     if (pass) knee = rate;
     const offlineSent = s.windows.reduce((a, w) => a + w.sentOffline, 0);
-    steps.push({ rate, pass, ...summary, offlineSent, drainMs: round(drained), ...serverMem(), errors: { ...errors } });
+    steps.push({
+      rate,
+      pass,
+      ...summary,
+      offlineSent,
+      drainMs: round(drained),
+      ...serverMem(),
+      errors: { ...errors },
+    });
     log(
-      `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${round(summary.deliveredPerSec)}/s ` +
-        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} ms srv ${round(summary.serverCpu)}% ` +
+      `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${
+        round(summary.deliveredPerSec)
+      }/s ` +
+        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} ms srv ${
+          round(summary.serverCpu)
+        }% ` +
         `cli ${round(summary.clientCpu)}% ${pass ? "PASS" : "FAIL"}`,
     );
     if (!pass && stopOnFail) break;
@@ -769,13 +829,20 @@ async function modeDm() {
   schedule = undefined;
   // The offline users come back: they resume every direct conversation from 0.
   returning = true;
-  const sentOffline = schedules.reduce((a, s) => a + s.windows.reduce((b, w) => b + w.sentOffline, 0), 0);
+  const sentOffline = schedules.reduce(
+    (a, s) => a + s.windows.reduce((b, w) => b + w.sentOffline, 0),
+    0,
+  );
   const delivered = () =>
-    schedules.reduce((a, s) => a + s.windows.reduce((b, w) => b + w.deliveredOffline, 0), 0);
+    schedules.reduce(
+      (a, s) => a + s.windows.reduce((b, w) => b + w.deliveredOffline, 0),
+      0,
+    );
   const t0 = performance.now();
   await pool(offline, connectConcurrency, async (c) => {
     c.since = undefined;
-    await connectReturning(c);
+    c.returning = true;
+    await connect(c);
   });
   const joinedMs = performance.now() - t0;
   await waitFor(() => delivered() >= sentOffline, 10_000);
@@ -796,34 +863,6 @@ async function modeDm() {
     },
     errors,
   };
-}
-
-/** Connects a user that was offline: resumes every conversation of its welcome from 0. */
-function connectReturning(c: Client): Promise<void> {
-  const original = adapter.onFrame;
-  return new Promise((resolve, reject) => {
-    c.joined = false;
-    c.onJoined = resolve;
-    const ws = new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(adapter.wsUrl, {
-      headers: adapter.headers(c),
-    });
-    c.ws = ws;
-    ws.onopen = () => (c.open = true);
-    ws.onclose = () => {
-      c.open = false;
-      if (!c.joined) reject(new Error(`returning client ${c.i} closed`));
-    };
-    ws.onmessage = (e) => {
-      const data = e.data as string;
-      if (!c.since && data.startsWith('{"type":"welcome"') || (!c.since && data.includes('"type":"welcome"'))) {
-        const f = JSON.parse(data) as { conversations?: { id: string }[] };
-        c.since = Object.fromEntries((f.conversations ?? []).map((x) => [x.id, 0]));
-        if (Object.keys(c.since).length === 0) c.since = {};
-      }
-      handleFrame(c, data);
-    };
-    void original;
-  });
 }
 
 async function modeIdle() {
@@ -891,7 +930,11 @@ async function modeCatchup() {
     };
     for (let sent = 0; sent < missed;) {
       const burst = Math.min(50, missed - sent);
-      for (let j = 0; j < burst; j++) writer.ws!.send(adapter.encode(writer, payload(performance.now(), 1, sent + j)));
+      for (let j = 0; j < burst; j++) {
+        writer.ws!.send(
+          adapter.encode(writer, payload(performance.now(), 1, sent + j)),
+        );
+      }
       sent += burst;
       await waitFor(() => acked >= sent, 5000);
     }
@@ -939,7 +982,7 @@ async function modeBurst() {
   const out = [];
   let i = 0;
   for (const size of bursts) {
-    const runs = [];
+    const runs: Record<string, number>[] = [];
     for (let k = 0; k < reps; k++) {
       const win = newWindow();
       w = win;
@@ -967,7 +1010,7 @@ async function modeBurst() {
       w = undefined;
       await sleep(300);
     }
-    const med = (k: keyof typeof runs[number]) => round(median(runs.map((r) => r[k])), 3);
+    const med = (k: string) => round(median(runs.map((r) => r[k])), 3);
     const row = {
       burst: size,
       reachMin: round(Math.min(...runs.map((r) => r.reach)), 4),
@@ -980,10 +1023,18 @@ async function modeBurst() {
       clientCpu: med("clientCpu"),
     };
     out.push(row);
-    log(`burst ${size}: reach ${row.reachMin} in ${row.ms} ms, p99 ${row.p99} ms`);
+    log(
+      `burst ${size}: reach ${row.reachMin} in ${row.ms} ms, p99 ${row.p99} ms`,
+    );
   }
   closeAll(clients);
-  return { bursts: out, connectMs: round(connectMs), ...serverMem(), unexpectedCloses, errors };
+  return {
+    bursts: out,
+    connectMs: round(connectMs),
+    ...serverMem(),
+    unexpectedCloses,
+    errors,
+  };
 }
 
 // ---- Main ---------------------------------------------------------------------------------
@@ -1003,14 +1054,28 @@ try {
   const result = await run();
   console.log(
     "RESULT " +
-      JSON.stringify({ target, mode, clients: N, ...(result as object), lastError: lastError || undefined }),
+      JSON.stringify({
+        target,
+        mode,
+        clients: N,
+        ...(result as object),
+        lastError: lastError || undefined,
+      }),
   );
 } catch (error) {
-  console.log("RESULT " + JSON.stringify({ target, mode, clients: N, error: String(error), lastError }));
+  console.log(
+    "RESULT " +
+      JSON.stringify({
+        target,
+        mode,
+        clients: N,
+        error: String(error),
+        lastError,
+      }),
+  );
   exitCode = 1;
 }
 clearTimeout(hardStop);
-void measuring;
 // Give close frames a moment, then leave (open sockets would keep the process alive).
 await sleep(200);
 Deno.exit(exitCode);

@@ -20,7 +20,12 @@ export interface RawHandlers {
 }
 
 /** Finds `needle` in `hay[from, to)`; -1 when absent. */
-export function indexOfBytes(hay: Uint8Array, needle: Uint8Array, from: number, to: number): number {
+export function indexOfBytes(
+  hay: Uint8Array,
+  needle: Uint8Array,
+  from: number,
+  to: number,
+): number {
   const first = needle[0];
   const n = needle.length;
   const last = to - n;
@@ -75,11 +80,18 @@ export class RawSocket {
 
   /** Connects and completes the opening handshake. */
   async connect(url: URL, headers: Record<string, string> = {}): Promise<void> {
-    this.#conn = await Deno.connect({ hostname: url.hostname, port: Number(url.port || 80) });
+    this.#conn = await Deno.connect({
+      hostname: url.hostname,
+      port: Number(url.port || 80),
+    });
     this.#conn.setNoDelay(true);
-    const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
-    const request = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+    const key = btoa(
+      String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))),
+    );
+    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`)
+      .join("");
+    const request =
+      `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
       `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
       `Sec-WebSocket-Version: 13\r\n${extra}\r\n`;
     await this.#writeAll(encoder.encode(request));
@@ -98,7 +110,9 @@ export class RawSocket {
         this.#len -= end + 4;
         break;
       }
-      if (this.#len === this.#buf.length) throw new Error("handshake response too large");
+      if (this.#len === this.#buf.length) {
+        throw new Error("handshake response too large");
+      }
     }
     this.open = true;
     this.#parse();
@@ -111,15 +125,22 @@ export class RawSocket {
   }
 
   /** Reads what is queued until the server closes or `ms` pass; whether it closed, bytes read. */
-  async drainUntilClosed(ms: number): Promise<{ closed: boolean; bytes: number }> {
+  async drainUntilClosed(
+    ms: number,
+  ): Promise<{ closed: boolean; bytes: number }> {
     const until = performance.now() + ms;
     const buf = new Uint8Array(1 << 20);
     let bytes = 0;
     while (performance.now() < until) {
-      let timer = 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       const n = await Promise.race([
         this.#conn.read(buf).catch(() => null),
-        new Promise<number>((r) => timer = setTimeout(() => r(-1), Math.max(1, until - performance.now()))),
+        new Promise<number>((r) =>
+          timer = setTimeout(
+            () => r(-1),
+            Math.max(1, until - performance.now()),
+          )
+        ),
       ]);
       clearTimeout(timer);
       if (n === null) return { closed: true, bytes };
@@ -230,7 +251,9 @@ export class RawSocket {
         hdr = 4;
       } else if (plen === 127) {
         if (len - off < 10) break;
-        plen = Number(new DataView(buf.buffer, buf.byteOffset + off + 2, 8).getBigUint64(0));
+        plen = Number(
+          new DataView(buf.buffer, buf.byteOffset + off + 2, 8).getBigUint64(0),
+        );
         hdr = 10;
       }
       if (b1 & 0x80) hdr += 4; // servers do not mask; skip a key if one came
@@ -251,7 +274,13 @@ export class RawSocket {
     }
   }
 
-  #frame(fin: number, opcode: number, buf: Uint8Array, start: number, end: number) {
+  #frame(
+    fin: number,
+    opcode: number,
+    buf: Uint8Array,
+    start: number,
+    end: number,
+  ) {
     if (opcode === 0x1 || opcode === 0x2 || opcode === 0x0) {
       if (!fin || this.#fragments.length) {
         this.#fragments.push(buf.slice(start, end));
@@ -270,9 +299,13 @@ export class RawSocket {
       this.#enqueue(frame(0xa, buf.slice(start, end)));
     } else if (opcode === 0x8) {
       const code = end - start >= 2 ? (buf[start] << 8) | buf[start + 1] : 1005;
-      const reason = decoder.decode(buf.subarray(Math.min(end, start + 2), end));
+      const reason = decoder.decode(
+        buf.subarray(Math.min(end, start + 2), end),
+      );
       const wasOpen = this.open;
-      if (wasOpen) this.#enqueue(frame(0x8, buf.slice(start, Math.min(end, start + 2))));
+      if (wasOpen) {
+        this.#enqueue(frame(0x8, buf.slice(start, Math.min(end, start + 2))));
+      }
       this.open = false;
       setTimeout(() => this.#shutdown(), 50);
       if (wasOpen) this.#handlers.onClose(code, reason);
@@ -283,7 +316,11 @@ export class RawSocket {
     const k = indexOfBytes(buf, this.#key, start, end);
     if (k >= 0) {
       const at = k + this.#key.length;
-      this.#handlers.onBench(numberAt(buf, at), buf.subarray(start, end), at - start);
+      this.#handlers.onBench(
+        numberAt(buf, at),
+        buf.subarray(start, end),
+        at - start,
+      );
     } else {
       this.#handlers.onText(decoder.decode(buf.subarray(start, end)));
     }

@@ -44,7 +44,8 @@ export interface AuthOptions {
 }
 
 const SCRYPT = { N: 16384, r: 8, p: 1, keylen: 32 };
-const TICKET_MS = 30_000;
+/** How long a socket ticket is valid, in milliseconds. */
+export const TICKET_MS = 30_000;
 const MIN_PASSWORD = 8;
 const MAX_PASSWORD = 256;
 
@@ -75,8 +76,13 @@ export async function hashPassword(password: string): Promise<string> {
 /** Whether `password` matches a hash made by {@linkcode hashPassword}. */
 export async function verifyPassword(password: string, hash: string): Promise<boolean> {
   const [scheme, n, salt, expected] = hash.split("$");
+  const cost = Number(n);
   if (scheme !== "scrypt" || !salt || !expected) return false;
-  const key = await scryptAsync(password, unb64(salt), Number(n));
+  // A power of two in a sane range: a corrupt hash must not make scrypt allocate gigabytes.
+  if (!Number.isInteger(cost) || cost < 1024 || cost > 1 << 20 || (cost & (cost - 1)) !== 0) {
+    return false;
+  }
+  const key = await scryptAsync(password, unb64(salt), cost);
   const want = unb64(expected);
   return key.length === want.length && timingSafeEqual(key, want);
 }
@@ -194,8 +200,19 @@ export class Auth {
     return await this.#startSession(user);
   }
 
-  /** Changes a password and revokes every session of the user but a new one. */
-  async changePassword(user: UserRecord, current: unknown, next: unknown): Promise<SignedIn> {
+  /**
+   * Changes a password (or sets one, registering a guest) and revokes every session of the
+   * user; returns a new session. Attempts count against the sign-in limits.
+   *
+   * @throws {ChatError} `forbidden` (wrong current password), `bad_frame` or `rate_limited`
+   */
+  async changePassword(
+    user: UserRecord,
+    current: unknown,
+    next: unknown,
+    address: string,
+  ): Promise<SignedIn> {
+    this.#limit(user.canonical, address);
     if (user.passwordHash) {
       if (typeof current !== "string" || !(await verifyPassword(current, user.passwordHash))) {
         throw new ChatError("forbidden", "Cannot change the password: the current one is wrong");

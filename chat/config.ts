@@ -21,7 +21,10 @@ export type BusKind = typeof BUS_KINDS[number];
 /** The schema of every environment variable the service reads, with its default. */
 export const CONFIG_SCHEMA = z.object({
   /** Where history lives: a file path, `:memory:`, a KV Connect URL, or empty for Deploy. */
-  CHAT_KV_PATH: z.string().default("data/chat.kv"),
+  CHAT_KV_PATH: z.string().default("data/chat.kv").refine(
+    (path) => !path.includes("://") || isKvConnectUrl(path),
+    "Expected a file path, :memory:, or a KV Connect URL (http:// or https://)",
+  ),
   /** Which buses carry "new messages" notices between isolates and machines. */
   CHAT_BUS: z.string().default("broadcast,kv").transform((s, ctx) => {
     const kinds = s.split(",").map((k) => k.trim()).filter(Boolean);
@@ -37,7 +40,13 @@ export const CONFIG_SCHEMA = z.object({
     return kinds as BusKind[];
   }),
   /** Redis URL for the Redis bus. */
-  REDIS_URL: z.string().url().default("redis://127.0.0.1:6379"),
+  REDIS_URL: z.string().url().default("redis://127.0.0.1:6379").refine(
+    (url) => /^rediss?:\/\//.test(url),
+    "Expected a redis:// or rediss:// URL",
+  ),
+  /** Redis pub/sub channel; deployments sharing one Redis server need channels of their own. */
+  CHAT_REDIS_CHANNEL: z.string().regex(/^[\w.:-]{1,64}$/, "Expected 1 to 64 of A-Z a-z 0-9 _ . : -")
+    .default("chat"),
   /** Secret that signs session tokens; generated once and kept in KV when empty. */
   CHAT_SECRET: z.string().min(32, "Expected at least 32 characters").optional(),
   /** Bearer token for `POST /api/push`; push is disabled when empty. */
@@ -96,6 +105,17 @@ export const CONFIG_SCHEMA = z.object({
   CHAT_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
 });
 
+/** Whether a KV location is a KV Connect URL (a `denokv` server, or Deploy's KV from outside). */
+export function isKvConnectUrl(path: string): boolean {
+  if (!/^https?:\/\//.test(path)) return false;
+  try {
+    new URL(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The validated configuration. */
 export type Config = z.output<typeof CONFIG_SCHEMA>;
 
@@ -113,10 +133,19 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     if (value !== undefined && value !== "") present[key] = value;
   }
   const result = CONFIG_SCHEMA.safeParse(present);
-  if (!result.success) {
-    const lines = result.error.issues.map((issue) =>
+  const lines = result.success
+    ? []
+    : result.error.issues.map((issue) =>
       `${issue.path.join(".")}=${JSON.stringify(present[String(issue.path[0])])}: ${issue.message}`
     );
+  // Read by Deno itself when KV is a KV Connect URL; checked here so a missing token fails at
+  // start with its name, not at the first KV call. Never part of the returned configuration.
+  if (result.success && isKvConnectUrl(result.data.CHAT_KV_PATH) && !env.DENO_KV_ACCESS_TOKEN) {
+    lines.push(
+      `DENO_KV_ACCESS_TOKEN: Expected a token for the KV Connect URL in CHAT_KV_PATH, got none`,
+    );
+  }
+  if (!result.success || lines.length) {
     throw new TypeError(`Invalid configuration: ${lines.join("; ")}`);
   }
   return result.data;

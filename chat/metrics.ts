@@ -1,8 +1,13 @@
 /**
  * Counters, gauges and histograms, rendered in the Prometheus text format for `GET /metrics`.
  *
+ * Each isolate keeps its own numbers: with `deno serve --parallel` a scrape reaches one worker
+ * (whichever accepts the connection), so every sample of a node carries its id in
+ * `chat_node_info` and counters are per isolate.
+ *
  * @module
  */
+import type { Bus, Envelope } from "./bus.ts";
 
 /** A histogram with fixed buckets (upper bounds, in the unit of its name). */
 export class Histogram {
@@ -31,6 +36,24 @@ export class Histogram {
 
 const MS_BUCKETS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
 
+/** A gauge read at render time: its help text, value and optional labels. */
+export interface Gauge {
+  help: string;
+  value: number;
+  labels?: Record<string, string>;
+}
+
+/** A label value escaped for the text format (backslash, double quote, newline). */
+export function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function labelText(labels: Record<string, string> | undefined): string {
+  if (!labels) return "";
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
 /** Every metric of one node. */
 export class Metrics {
   messagesIn = 0;
@@ -49,8 +72,40 @@ export class Metrics {
     this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
   }
 
+  /**
+   * Observes an envelope from another node: an `append` that carries its messages gives the
+   * bus lag, from the newest message's commit time there to its arrival here (clamped at 0,
+   * as clocks of different machines may disagree). KV relay appends carry no messages.
+   */
+  observeEnvelope(envelope: Envelope, now: number = Date.now()): void {
+    if (envelope.k !== "append" || !envelope.messages?.length) return;
+    let newest = 0;
+    for (const m of envelope.messages) if (m.ts > newest) newest = m.ts;
+    this.busLagMs.observe(Math.max(0, now - newest));
+  }
+
+  /**
+   * The same bus, with every envelope it delivers observed by {@linkcode observeEnvelope}
+   * first. `createNode` wraps its bus in this before giving it to the hub.
+   */
+  measure(bus: Bus): Bus {
+    return {
+      get name() {
+        return bus.name;
+      },
+      publish: (envelope) => bus.publish(envelope),
+      subscribe: (receive) =>
+        bus.subscribe((envelope) => {
+          this.observeEnvelope(envelope);
+          receive(envelope);
+        }),
+      healthy: () => bus.healthy(),
+      close: () => bus.close(),
+    };
+  }
+
   /** The Prometheus text exposition, with gauges read at call time. */
-  render(gauges: Record<string, { help: string; value: number }>): string {
+  render(gauges: Record<string, Gauge>): string {
     const lines: string[] = [];
     const counter = (name: string, help: string, value: number) =>
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${value}`);
@@ -67,8 +122,12 @@ export class Metrics {
         `${name}_count ${h.count}`,
       );
     };
-    for (const [name, { help, value }] of Object.entries(gauges)) {
-      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, `${name} ${value}`);
+    for (const [name, { help, value, labels }] of Object.entries(gauges)) {
+      lines.push(
+        `# HELP ${name} ${help}`,
+        `# TYPE ${name} gauge`,
+        `${name}${labelText(labels)} ${value}`,
+      );
     }
     counter("chat_messages_in_total", "Messages accepted and stored", this.messagesIn);
     counter("chat_messages_out_total", "Message frames delivered to sockets", this.messagesOut);
@@ -80,7 +139,7 @@ export class Metrics {
       "# HELP chat_errors_total Error frames sent, by code",
       "# TYPE chat_errors_total counter",
     );
-    for (const [code, n] of this.errors) lines.push(`chat_errors_total{code="${code}"} ${n}`);
+    for (const [code, n] of this.errors) lines.push(`chat_errors_total${labelText({ code })} ${n}`);
     histogram(
       "chat_fanout_latency_ms",
       "Milliseconds from a message's commit time to its fan-out",
@@ -89,7 +148,7 @@ export class Metrics {
     histogram("chat_kv_write_ms", "Milliseconds per KV append commit", this.kvWriteMs);
     histogram(
       "chat_bus_lag_ms",
-      "Milliseconds from commit on another node to fan-out here",
+      "Milliseconds from a message's commit on another node to its arrival here",
       this.busLagMs,
     );
     return lines.join("\n") + "\n";

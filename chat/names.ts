@@ -17,9 +17,14 @@ export interface CheckedName {
 const NAME_PATTERN = /^[\p{L}\p{M}\p{N}](?:[\p{L}\p{M}\p{N} ._-]*[\p{L}\p{M}\p{N}_])?$/u;
 const CONTROL = /[\p{Cc}\p{Cf}\p{Co}\p{Cn}\u2028\u2029]/u;
 
-/** The comparison key of a name. */
+/**
+ * The comparison key of a name: NFKC, trimmed, then case-folded. Upper-casing before
+ * lower-casing folds what `toLowerCase` alone leaves apart ("ß" and "SS", "ﬀ" and "FF"), and the
+ * final sigma is folded to "σ"; a last NFKC keeps the key normalized (NFKC_Casefold, nearly).
+ */
 export function canonicalName(name: string): string {
-  return name.normalize("NFKC").trim().toLowerCase();
+  return name.normalize("NFKC").trim().toUpperCase().toLowerCase().replaceAll("ς", "σ")
+    .normalize("NFKC");
 }
 
 /**
@@ -46,7 +51,7 @@ export function checkUserName(raw: unknown, maxLength: number): CheckedName {
       "Expected a name of letters and digits, with single spaces, '.', '-' or '_' inside",
     );
   }
-  return { display, canonical: display.toLowerCase() };
+  return { display, canonical: canonicalName(display) };
 }
 
 /**

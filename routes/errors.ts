@@ -39,17 +39,41 @@ export function errorResponse(c: Context, error: unknown) {
   return errorJson(c, "internal", "Internal error: try again");
 }
 
-/** Reads a JSON object body, or throws `bad_json`. */
+/**
+ * Reads a JSON object body of at most `maxBytes`, or throws `too_large` or `bad_json`. The body
+ * is read in chunks and abandoned as soon as it is too big, so a huge body is never buffered.
+ */
 export async function jsonBody(c: Context, maxBytes = 16_384): Promise<Record<string, unknown>> {
-  const text = await c.req.text();
-  if (text.length > maxBytes) {
-    throw new ChatError("too_large", `Expected a body of at most ${maxBytes} bytes`);
+  const tooLarge = () => new ChatError("too_large", `Expected a body of at most ${maxBytes} bytes`);
+  const declared = Number(c.req.header("content-length") ?? 0);
+  if (declared > maxBytes) throw tooLarge();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const body = c.req.raw.body;
+  if (body) {
+    const reader = body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > maxBytes) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      chunks.push(value);
+    }
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.byteLength;
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
-    throw new ChatError("bad_json", "Expected a JSON object body");
+    throw new ChatError("bad_json", "Expected a JSON object body in UTF-8");
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new ChatError("bad_json", "Expected a JSON object body");

@@ -43,6 +43,10 @@ export const securityHeaders: MiddlewareHandler = async (c, next) => {
   c.header("Referrer-Policy", "no-referrer");
   c.header("Cross-Origin-Opener-Policy", "same-origin");
   c.header("Permissions-Policy", "camera=(), microphone=(), geolocation=()");
+  c.header("Cross-Origin-Resource-Policy", "same-origin");
+  const https = new URL(c.req.url).protocol === "https:" ||
+    c.req.header("x-forwarded-proto")?.split(",")[0].trim() === "https";
+  if (https) c.header("Strict-Transport-Security", "max-age=31536000");
 };
 
 /** Routes serving `root` (a folder URL) at `/`. */

@@ -11,6 +11,7 @@ import { getConnInfo } from "hono/deno";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { UserRecord } from "../chat/directory.ts";
 import type { SignedIn } from "../chat/auth.ts";
+import { TICKET_MS } from "../chat/auth.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { canonicalName } from "../chat/names.ts";
 import { errorJson, errorResponse, jsonBody } from "./errors.ts";
@@ -25,6 +26,26 @@ export function addressOf(c: Context): string {
   } catch {
     return "unknown";
   }
+}
+
+/**
+ * Whether a request's `Origin` is allowed: the configured allow-list (`*` allows any), or the
+ * service's own origin. A request without `Origin` is not from a browser page (browsers send it
+ * on every WebSocket handshake and every cross-origin or state-changing fetch), so it is allowed:
+ * it cannot carry a victim's cookie on an attacker's behalf.
+ */
+export function originAllowed(node: ChatNode, c: Context): boolean {
+  const origin = c.req.header("origin");
+  if (origin === undefined) return true;
+  const allowed = node.config.CHAT_ALLOWED_ORIGINS;
+  if (allowed.length) return allowed.includes(origin) || allowed.includes("*");
+  const host = c.req.header("host");
+  if (!host) return false;
+  const proto = c.req.header("x-forwarded-proto")?.split(",")[0].trim() ??
+    new URL(c.req.url).protocol.slice(0, -1);
+  // Either scheme: a TLS-terminating proxy may not say which one the page used.
+  return origin === `${proto}://${host}` || origin === `http://${host}` ||
+    origin === `https://${host}`;
 }
 
 /** The session token of a request: the bearer header first, then the cookie. */
@@ -45,9 +66,10 @@ export async function authenticate(
 }
 
 function signedIn(c: Context, result: SignedIn, status: 200 | 201) {
+  c.header("Cache-Control", "no-store");
   setCookie(c, SESSION_COOKIE, result.token, {
     httpOnly: true,
-    sameSite: "Lax",
+    sameSite: "Strict",
     path: "/",
     secure: new URL(c.req.url).protocol === "https:",
     expires: new Date(result.expiresAt),
@@ -63,6 +85,12 @@ function signedIn(c: Context, result: SignedIn, status: 200 | 201) {
 export function sessionRoutes(node: ChatNode): Hono {
   const app = new Hono();
 
+  // Cross-site requests that change state are refused, whatever the cookie's SameSite.
+  app.on(["POST", "DELETE", "PUT", "PATCH"], "*", async (c, next) => {
+    if (!originAllowed(node, c)) return errorJson(c, "forbidden", "Origin not allowed");
+    await next();
+  });
+
   app.get("/names/suggest", async (c) => {
     const base = c.req.query("base");
     const name = await node.directory.freeName(
@@ -77,7 +105,9 @@ export function sessionRoutes(node: ChatNode): Hono {
   app.post("/session", async (c) => {
     try {
       const body = await jsonBody(c);
-      return signedIn(c, await node.auth.signIn(body.name, body.password, addressOf(c)), 200);
+      const result = await node.auth.signIn(body.name, body.password, addressOf(c));
+      node.logger.info("signed_in", { user: result.user.id, guest: !result.user.passwordHash });
+      return signedIn(c, result, 200);
     } catch (error) {
       return errorResponse(c, error);
     }
@@ -86,7 +116,9 @@ export function sessionRoutes(node: ChatNode): Hono {
   app.post("/register", async (c) => {
     try {
       const body = await jsonBody(c);
-      return signedIn(c, await node.auth.register(body.name, body.password, addressOf(c)), 201);
+      const result = await node.auth.register(body.name, body.password, addressOf(c));
+      node.logger.info("registered", { user: result.user.id });
+      return signedIn(c, result, 201);
     } catch (error) {
       return errorResponse(c, error);
     }
@@ -98,6 +130,7 @@ export function sessionRoutes(node: ChatNode): Hono {
     if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
     await node.auth.revoke(who.session);
     node.hub.kick(who.user.id, "Signed out");
+    node.logger.info("signed_out", { user: who.user.id });
     return c.json({ ok: true });
   });
 
@@ -106,8 +139,14 @@ export function sessionRoutes(node: ChatNode): Hono {
     if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
     try {
       const body = await jsonBody(c);
-      const result = await node.auth.changePassword(who.user, body.current, body.password);
+      const result = await node.auth.changePassword(
+        who.user,
+        body.current,
+        body.password,
+        addressOf(c),
+      );
       node.hub.kick(who.user.id, "Password changed: sign in again");
+      node.logger.info("password_changed", { user: who.user.id });
       return signedIn(c, result, 200);
     } catch (error) {
       return errorResponse(c, error);
@@ -118,15 +157,17 @@ export function sessionRoutes(node: ChatNode): Hono {
     const who = await authenticate(node, c);
     if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
     const { id, name, passwordHash } = who.user;
+    c.header("Cache-Control", "no-store");
     return c.json({ user: { id, name, registered: !!passwordHash } });
   });
 
   app.post("/session/ticket", async (c) => {
     const who = await authenticate(node, c);
     if (!who) return errorJson(c, "unauthorized", "Expected a session: sign in first");
+    c.header("Cache-Control", "no-store");
     return c.json({
       ticket: await node.auth.ticket(who.user.id, who.session),
-      expiresInMs: 30_000,
+      expiresInMs: TICKET_MS,
     });
   });
 

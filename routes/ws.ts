@@ -14,22 +14,42 @@ import type { ChatNode } from "../chat/node.ts";
 import { ChatError, utf8Length } from "../chat/protocol.ts";
 import { CLOSE_TOO_BIG } from "../chat/service.ts";
 import { errorJson } from "./errors.ts";
-import { addressOf, authenticate } from "./session.ts";
+import { addressOf, authenticate, originAllowed } from "./session.ts";
 
-/** Whether a request's `Origin` may open a socket: the allow-list, or the service's own origin. */
-export function originAllowed(node: ChatNode, c: Context): boolean {
-  const origin = c.req.header("origin");
-  // Non-browser clients send no Origin; a browser always does, so cookies cannot be abused.
-  if (!origin) return true;
-  const allowed = node.config.CHAT_ALLOWED_ORIGINS;
-  if (allowed.length) return allowed.includes(origin) || allowed.includes("*");
-  const host = c.req.header("host");
-  const proto = c.req.header("x-forwarded-proto") ?? new URL(c.req.url).protocol.slice(0, -1);
-  return !!host && (origin === `${proto}://${host}` || origin === `http://${host}` ||
-    origin === `https://${host}`);
+export { originAllowed };
+
+/** Open (or opening) sockets of one node, per address and per user. */
+interface Counts {
+  addresses: Map<string, number>;
+  users: Map<string, number>;
 }
 
-const addresses = new Map<string, number>();
+// Per node, not per module: tests run several nodes in one process.
+const counts = new WeakMap<ChatNode, Counts>();
+
+function countsOf(node: ChatNode): Counts {
+  let c = counts.get(node);
+  if (!c) counts.set(node, c = { addresses: new Map(), users: new Map() });
+  return c;
+}
+
+function bump(map: Map<string, number>, key: string, by: number): void {
+  const n = (map.get(key) ?? 0) + by;
+  if (n <= 0) map.delete(key);
+  else map.set(key, n);
+}
+
+function refuse(
+  node: ChatNode,
+  c: Context,
+  code: "unavailable" | "bad_frame" | "forbidden" | "unauthorized" | "limit_reached",
+  message: string,
+): Response {
+  node.metrics.refusedUpgrades++;
+  // The reason and the address only: never the token, the ticket or the query string.
+  node.logger.info("socket_refused", { code, address: addressOf(c) });
+  return errorJson(c, code, message);
+}
 
 /**
  * Checks the handshake: origin, session, limits. Returns the user, or an error response.
@@ -38,47 +58,52 @@ export async function admit(
   node: ChatNode,
   c: Context,
 ): Promise<{ user: UserRecord; address: string } | Response> {
-  if (node.draining) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(c, "unavailable", "Server restarting: reconnect shortly");
-  }
+  if (node.draining) return refuse(node, c, "unavailable", "Server restarting: reconnect shortly");
   if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
     return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
   }
-  if (!originAllowed(node, c)) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(c, "forbidden", "Origin not allowed");
-  }
+  if (!originAllowed(node, c)) return refuse(node, c, "forbidden", "Origin not allowed");
+  // The only credential a URL may carry is a single-use ticket that expires in seconds.
   const ticket = c.req.query("ticket");
-  const who = ticket ? await node.auth.redeem(ticket) : await authenticate(node, c);
-  if (!who) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(c, "unauthorized", "Expected a valid session: sign in first");
-  }
+  const who = ticket !== undefined ? await node.auth.redeem(ticket) : await authenticate(node, c);
+  if (!who) return refuse(node, c, "unauthorized", "Expected a valid session: sign in first");
   const address = addressOf(c);
+  return overLimit(node, c, who.user, address) ?? { user: who.user, address };
+}
+
+/** A refusal when `user` or `address` has as many sockets as allowed, else undefined. */
+function overLimit(
+  node: ChatNode,
+  c: Context,
+  user: UserRecord,
+  address: string,
+): Response | undefined {
   const config = node.config;
-  if (node.service.connectionsOf(who.user.id) >= config.CHAT_MAX_CONNECTIONS_PER_USER) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(
+  const { users, addresses } = countsOf(node);
+  const perUser = Math.max(users.get(user.id) ?? 0, node.service.connectionsOf(user.id));
+  if (perUser >= config.CHAT_MAX_CONNECTIONS_PER_USER) {
+    return refuse(
+      node,
       c,
       "limit_reached",
       `Too many connections: at most ${config.CHAT_MAX_CONNECTIONS_PER_USER} per user`,
     );
   }
   if ((addresses.get(address) ?? 0) >= config.CHAT_MAX_CONNECTIONS_PER_ADDRESS) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(
+    return refuse(
+      node,
       c,
       "limit_reached",
       `Too many connections: at most ${config.CHAT_MAX_CONNECTIONS_PER_ADDRESS} per address`,
     );
   }
-  return { user: who.user, address };
+  return undefined;
 }
 
 /**
- * Upgrades the request and wires the socket to the service. `adapt` lets another dialect (the
- * legacy endpoint) wrap the connection.
+ * Upgrades the request and wires the socket to the service. The connection limits are checked
+ * again here, in the same tick as the socket is counted, so concurrent handshakes cannot all
+ * pass them.
  */
 export function upgrade(
   node: ChatNode,
@@ -86,6 +111,8 @@ export function upgrade(
   user: UserRecord,
   address: string,
 ): Response {
+  const over = overLimit(node, c, user, address);
+  if (over) return over;
   const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
     idleTimeout: node.config.CHAT_IDLE_TIMEOUT_SECONDS,
   });
@@ -100,15 +127,17 @@ export function upgrade(
       if (socket.readyState <= WebSocket.OPEN) socket.close(code, reason);
     },
   };
-  addresses.set(address, (addresses.get(address) ?? 0) + 1);
+  // Counted from the upgrade, not from `open`: concurrent handshakes cannot pass the limits.
+  const { users, addresses } = countsOf(node);
+  bump(addresses, address, 1);
+  bump(users, user.id, 1);
   const maxBytes = node.config.CHAT_MAX_FRAME_BYTES;
   let closed = false;
   const onClose = () => {
     if (closed) return;
     closed = true;
-    const n = (addresses.get(address) ?? 1) - 1;
-    if (n <= 0) addresses.delete(address);
-    else addresses.set(address, n);
+    bump(addresses, address, -1);
+    bump(users, user.id, -1);
     node.service.close(conn);
   };
   socket.onopen = () => {

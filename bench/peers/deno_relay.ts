@@ -10,8 +10,14 @@ const port = Number(Deno.args[0] ?? Deno.env.get("PORT") ?? 8001);
 const sockets = new Set<WebSocket>();
 const JOINED = '{"j":1}';
 
-Deno.serve({ port, hostname: "127.0.0.1", onListen: () => console.log(`deno_relay listening on ${port}`) }, (req) => {
-  if (req.headers.get("upgrade") !== "websocket") return new Response("deno relay\n");
+Deno.serve({
+  port,
+  hostname: "127.0.0.1",
+  onListen: () => console.log(`deno_relay listening on ${port}`),
+}, (req) => {
+  if (req.headers.get("upgrade") !== "websocket") {
+    return new Response("deno relay\n");
+  }
   const { socket, response } = Deno.upgradeWebSocket(req);
   socket.onopen = () => {
     sockets.add(socket);

@@ -11,8 +11,14 @@ wss.on("connection", (ws) => {
   ws.on("message", (data, isBinary) => {
     // Pre-frame once, send the same buffer to everyone.
     for (const client of wss.clients) {
-      if (client.readyState === WebSocket.OPEN) client.send(data, { binary: isBinary });
+      if (client.readyState === WebSocket.OPEN) {
+        client.send(data, { binary: isBinary });
+      }
     }
   });
 });
-server.listen(port, "127.0.0.1", () => console.log(`node_ws listening on ${port}`));
+server.listen(
+  port,
+  "127.0.0.1",
+  () => console.log(`node_ws listening on ${port}`),
+);

@@ -24,4 +24,8 @@ io.on("connection", (socket) => {
     if (room) io.to(room).emit("msg", data);
   });
 });
-server.listen(port, "127.0.0.1", () => console.log(`socketio listening on ${port}`));
+server.listen(
+  port,
+  "127.0.0.1",
+  () => console.log(`socketio listening on ${port}`),
+);

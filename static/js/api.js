@@ -69,15 +69,3 @@ export async function me() {
   const data = await request("GET", "/api/me");
   return data.user;
 }
-
-/** A page of history over HTTP (used for sidebar previews only; the socket does the rest). */
-export function messages(conv, { before, limit } = {}) {
-  const query = new URLSearchParams();
-  if (before !== undefined) query.set("before", String(before));
-  if (limit !== undefined) query.set("limit", String(limit));
-  const qs = query.toString();
-  return request(
-    "GET",
-    `/api/conversations/${encodeURIComponent(conv)}/messages${qs ? `?${qs}` : ""}`,
-  );
-}

@@ -2,7 +2,6 @@
  * The chat controller: turns server frames into state changes and user intents into frames.
  * Views call the exported actions and redraw on store events; they never touch the socket.
  */
-import * as api from "./api.js";
 import * as notify from "./notify.js";
 import { Connection } from "./socket.js";
 import * as storage from "./storage.js";
@@ -25,14 +24,11 @@ let resuming = new Set();
 const pendingOpen = { dmUser: null, groupName: null, joinGroup: null };
 const readTimers = new Map();
 const typingSentAt = new Map();
-const previewTried = new Set();
-let previewsBroken = false;
 
 /** Starts the session's connection. `onAuthLost` runs if the server no longer knows us. */
 export function start({ onAuthLost }) {
   welcomedOnce = false;
   resuming = new Set();
-  previewTried.clear();
   conn = new Connection({
     onWelcome,
     onReady,
@@ -126,7 +122,6 @@ function onReady() {
   }
   markViewed();
   emit("ready");
-  fetchPreviews();
 }
 
 function tick() {
@@ -212,8 +207,8 @@ function onMessage(f) {
   if (isViewing(m.conv)) markViewed();
   const live = !resuming.has(m.conv);
   if (
-    live && state.notify && document.hidden && c?.kind === "direct" && m.kind === "text" &&
-    m.from !== state.me?.id
+    live && state.notify && document.hidden && c?.kind === "direct" && m.from !== state.me?.id &&
+    (m.kind === "text" || store.isNotices(m.conv))
   ) {
     notify.show(m.name, m.text.slice(0, 200), m.conv, () => {
       openConv(m.conv, { show: true });
@@ -274,9 +269,7 @@ function onResumed(f) {
     // Too much was missed to replay: start from the newest page instead.
     store.clearMessages(f.conv);
     store.noteSeen(f.conv, f.to);
-    previewTried.delete(f.conv);
     if (state.open === f.conv) ensureHistory(f.conv);
-    else fetchPreviews();
   } else {
     store.noteSeen(f.conv, f.to);
   }
@@ -417,46 +410,6 @@ function onError(f) {
   toast(f.message || f.code, "error");
 }
 
-// ---- previews -------------------------------------------------------------------------------
-
-/** Fills in the sidebar preview of conversations we have no message of (a few at a time). */
-async function fetchPreviews() {
-  if (previewsBroken) return;
-  const todo = [...state.convs.values()].filter((c) =>
-    c.lastSeq > 0 && !c.msgs.length && (c.preview?.seq ?? 0) < c.lastSeq && !previewTried.has(c.id)
-  );
-  for (const c of todo) previewTried.add(c.id);
-  const worker = async () => {
-    while (todo.length && !previewsBroken) {
-      const c = todo.shift();
-      try {
-        const page = await api.messages(c.id, { limit: 1 });
-        const m = page?.messages?.[page.messages.length - 1];
-        const live = state.convs.get(c.id);
-        if (m && live && (live.preview?.seq ?? 0) < m.seq) {
-          live.preview = {
-            seq: m.seq,
-            from: m.from,
-            name: m.name,
-            text: String(m.text).slice(0, 140),
-            ts: m.ts,
-            kind: m.kind,
-            meta: m.meta,
-          };
-          emit("convs");
-        }
-      } catch (error) {
-        if (error.status === 404 || error.status === 405 || error.status === 401) {
-          previewsBroken = error.status !== 401;
-          return;
-        }
-      }
-    }
-  };
-  await Promise.all([worker(), worker(), worker()]);
-  store.persist();
-}
-
 // ---- actions --------------------------------------------------------------------------------
 
 /** Whether the user is looking at `conv` now. */
@@ -481,13 +434,7 @@ export function openConv(convId, { show = false } = {}) {
 /** Loads the newest page of a conversation we have no message of. */
 export function ensureHistory(convId) {
   const c = state.convs.get(convId);
-  if (!c || c.msgs.length || c.historyReq) return;
-  if (c.lastSeq === 0 && c.more === undefined && c.kind !== "lobby") {
-    // Nothing was ever said here.
-    c.more = false;
-    emit("messages", convId);
-    return;
-  }
+  if (!c || c.msgs.length || c.historyReq || c.more === false) return;
   requestHistory(c, undefined);
 }
 

@@ -62,7 +62,11 @@ export class Connection {
     const ws = this.ws;
     this.ws = null;
     if (ws) {
-      ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+      ws.onclose =
+        ws.onmessage =
+        ws.onerror =
+        ws.onopen =
+          null;
       try {
         ws.close(1000, "Signed out");
       } catch {
@@ -173,7 +177,11 @@ export class Connection {
     this.ready = false;
     clearInterval(this.pingTimer);
     if (ws) {
-      ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+      ws.onclose =
+        ws.onmessage =
+        ws.onerror =
+        ws.onopen =
+          null;
       try {
         ws.close(1000, "Reconnecting");
       } catch {

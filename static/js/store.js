@@ -56,6 +56,8 @@ export const state = {
   notify: false,
   /** Whether the welcome frame of the current connection has been handled. */
   welcomed: false,
+  /** Whether the chat pane is on screen (false on a phone while the list is shown). */
+  chatVisible: true,
 };
 
 /**
@@ -109,23 +111,33 @@ let saveTimer = 0;
 /** Saves the profile soon (coalesced). */
 export function persist() {
   if (saveTimer || !state.me) return;
-  saveTimer = setTimeout(() => {
-    saveTimer = 0;
-    if (!state.me) return;
-    const read = { ...savedRead };
-    const previews = { ...savedPreviews };
-    for (const c of state.convs.values()) {
-      read[c.id] = c.readSeq;
-      if (c.preview) previews[c.id] = c.preview;
-    }
-    storage.saveProfile(state.me.id, { seen: state.seen, read, previews, notify: state.notify });
-  }, 400);
+  saveTimer = setTimeout(flush, 400);
+}
+
+/** Saves the profile now (on page hide). */
+export function flush() {
+  clearTimeout(saveTimer);
+  saveTimer = 0;
+  if (!state.me) return;
+  const read = { ...savedRead };
+  const previews = { ...savedPreviews };
+  for (const c of state.convs.values()) {
+    read[c.id] = c.readSeq;
+    if (c.preview) previews[c.id] = c.preview;
+  }
+  storage.saveProfile(state.me.id, { seen: state.seen, read, previews, notify: state.notify });
 }
 
 export function persistOutbox() {
   if (!state.me) return;
   const list = [...state.outbox.values()].map(({ id, conv, text, ts }) => ({ id, conv, text, ts }));
   storage.saveOutbox(state.me.id, list);
+}
+
+/** Whether a conversation is the user's own notices line (`d:<me>:<me>`, read-only). */
+export function isNotices(convId) {
+  const [kind, a, b] = convId.split(":");
+  return kind === "d" && a === b;
 }
 
 /** The other user of a direct conversation id. */
@@ -174,15 +186,15 @@ export function upsertConv(info, { atWelcome = false } = {}) {
   if (info.last && typeof info.last.seq === "number") setPreview(c, info.last);
   if (fresh) {
     // Read position: the server's if it sends one, else what this browser stored, else a default.
-    const known = typeof info.readSeq === "number" ? info.readSeq : undefined;
+    const known = typeof info.read === "number" ? info.read : undefined;
     const saved = savedRead[c.id];
     if (known !== undefined || saved !== undefined) {
       c.readSeq = Math.max(known ?? 0, saved ?? 0);
     } else {
       c.readSeq = !atWelcome && c.kind === "direct" ? 0 : c.lastSeq;
     }
-  } else if (typeof info.readSeq === "number") {
-    c.readSeq = Math.max(c.readSeq, info.readSeq);
+  } else if (typeof info.read === "number") {
+    c.readSeq = Math.max(c.readSeq, info.read);
   }
   if (c.kind === "direct" && !c.peer) c.peer = { id: peerIdOf(c.id), name: c.title };
   return c;
@@ -193,7 +205,10 @@ export function ensureConv(convId, hint) {
   let c = state.convs.get(convId);
   if (c) return c;
   const info = { id: convId, kind: kindOf(convId), title: "", lastSeq: 0 };
-  if (info.kind === "direct") {
+  if (isNotices(convId)) {
+    info.peer = { id: "system", name: "System" };
+    info.title = "Notices";
+  } else if (info.kind === "direct") {
     const peer = peerIdOf(convId);
     const name = hint?.from === peer ? hint.name : state.online.get(peer)?.name ?? "Direct chat";
     info.peer = { id: peer, name };
@@ -319,7 +334,7 @@ export function sortedConvs() {
 
 export function titleOf(c) {
   if (c.kind === "lobby") return c.title || "Lobby";
-  if (c.kind === "direct") return c.peer?.name || c.title || "Direct chat";
+  if (c.kind === "direct") return c.title || c.peer?.name || "Direct chat";
   return c.group?.name || c.title || "Group";
 }
 

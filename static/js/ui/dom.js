@@ -70,7 +70,12 @@ let toastHost = null;
 /** Shows a short message at the bottom of the screen. */
 export function toast(message, kind = "info") {
   toastHost ??= $("toasts");
-  const el = h("div", { class: `toast toast-${kind}`, text: message, attrs: { role: "status" } });
+  const el = h("div", {
+    class: `toast toast-${kind}`,
+    text: message,
+    testid: "toast",
+    attrs: { role: "status" },
+  });
   toastHost.append(el);
   setTimeout(() => el.classList.add("out"), 3500);
   setTimeout(() => el.remove(), 4000);

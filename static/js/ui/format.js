@@ -4,7 +4,11 @@ import { h } from "./dom.js";
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const weekdayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long" });
 const shortWeekdayFmt = new Intl.DateTimeFormat(undefined, { weekday: "short" });
-const dateFmt = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
+const dateFmt = new Intl.DateTimeFormat(undefined, {
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+});
 const shortDateFmt = new Intl.DateTimeFormat(undefined, { month: "numeric", day: "numeric" });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
 
@@ -112,8 +116,9 @@ export function richText(text) {
   return frag;
 }
 
-/** What a membership notice says. */
+/** What a notice says: the server's text, else one made from its membership event. */
 export function noticeText(m) {
+  if (m.text) return m.text;
   const who = m.meta?.user?.name;
   switch (m.meta?.event) {
     case "created":

@@ -38,42 +38,42 @@ const RESERVED = new Set(["ts", "level", "node", "event", "trace_id", "span_id"]
  * (a cycle) as `"[unserializable]"`. Fields cannot overwrite the standard keys.
  */
 export function createLogger(level: LogLevel, node: string, sink: LogSink = consoleSink): Logger {
-  const write = (at: Exclude<LogLevel, "silent">) =>
-  (event: string, fields?: Record<string, unknown>) => {
-    if (RANK[at] < RANK[level]) return;
-    const entry: Record<string, unknown> = {
-      ts: new Date().toISOString(),
-      level: at,
-      node,
-      event,
-    };
-    if (tracingEnabled()) {
-      const context = trace.getActiveSpan()?.spanContext();
-      if (context) {
-        entry.trace_id = context.traceId;
-        entry.span_id = context.spanId;
-      }
-    }
-    if (fields) {
-      for (const [key, value] of Object.entries(fields)) {
-        if (!RESERVED.has(key) && value !== undefined) entry[key] = plain(value);
-      }
-    }
-    let line: string;
-    try {
-      line = JSON.stringify(entry);
-    } catch {
-      for (const key of Object.keys(entry)) {
-        try {
-          JSON.stringify(entry[key]);
-        } catch {
-          entry[key] = "[unserializable]";
+  const write =
+    (at: Exclude<LogLevel, "silent">) => (event: string, fields?: Record<string, unknown>) => {
+      if (RANK[at] < RANK[level]) return;
+      const entry: Record<string, unknown> = {
+        ts: new Date().toISOString(),
+        level: at,
+        node,
+        event,
+      };
+      if (tracingEnabled()) {
+        const context = trace.getActiveSpan()?.spanContext();
+        if (context) {
+          entry.trace_id = context.traceId;
+          entry.span_id = context.spanId;
         }
       }
-      line = JSON.stringify(entry);
-    }
-    sink(line, at);
-  };
+      if (fields) {
+        for (const [key, value] of Object.entries(fields)) {
+          if (!RESERVED.has(key) && value !== undefined) entry[key] = plain(value);
+        }
+      }
+      let line: string;
+      try {
+        line = JSON.stringify(entry);
+      } catch {
+        for (const key of Object.keys(entry)) {
+          try {
+            JSON.stringify(entry[key]);
+          } catch {
+            entry[key] = "[unserializable]";
+          }
+        }
+        line = JSON.stringify(entry);
+      }
+      sink(line, at);
+    };
   return { debug: write("debug"), info: write("info"), warn: write("warn"), error: write("error") };
 }
 

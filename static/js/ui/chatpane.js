@@ -104,8 +104,10 @@ function submit() {
 
 function autosize() {
   const input = $("composer-input");
-  input.style.height = "auto";
-  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  input.style.height = "";
+  // Hidden (phone list screen) or empty: the stylesheet's height is right.
+  if (!input.value || !input.offsetParent) return;
+  input.style.height = `${Math.min(input.scrollHeight + 2, 160)}px`;
 }
 
 function updateCounter() {

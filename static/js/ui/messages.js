@@ -184,10 +184,7 @@ function updateRow(el, row) {
   if (el.dataset.status !== statusName) {
     if (statusName) el.dataset.status = statusName;
     else delete el.dataset.status;
-    setText(
-      r.status,
-      statusName === "pending" ? "🕓" : statusName === "sent" ? "✓" : statusName ? "!" : "",
-    );
+    setText(r.status, statusName === "failed" ? "!" : "");
     r.status.setAttribute(
       "aria-label",
       statusName === "pending" ? "Sending" : statusName === "sent" ? "Sent" : "Not sent",

@@ -1,7 +1,8 @@
 /**
  * The entry point, for `deno serve` (one isolate per worker with `--parallel`). It is the only
  * module that touches globals: it reads the environment, opens KV, builds the node and the app,
- * and handles SIGINT/SIGTERM: tell clients to reconnect (1012), finish writes, exit within 5 s.
+ * and handles SIGINT/SIGTERM: stop accepting sockets, tell clients to reconnect (1012), finish
+ * the accepted KV writes, and exit within 5 s, once every worker of the process is done.
  *
  * @module
  */
@@ -25,19 +26,64 @@ const kv = await Deno.openKv(
 const node = await createNode({ kv, config });
 const app = createApp(node);
 
+// With `deno serve --parallel` every worker isolate gets the signal, and `Deno.exit` in any of
+// them ends the whole process: a worker that finished first would cut the others' shutdown
+// short. So each worker says hello on a channel of this process at start, and on a signal exits
+// only once every worker it heard from has finished (or at the deadline).
+const DEADLINE_MS = 4500;
+const peers = new Set<string>();
+const finished = new Set<string>();
+let lifecycle: BroadcastChannel | null = null;
+try {
+  lifecycle = new BroadcastChannel(`chat-lifecycle-${Deno.pid}`);
+  lifecycle.onmessage = (event: MessageEvent<{ type: string; id: string }>) => {
+    const { type, id } = event.data;
+    if (id === node.id) return;
+    peers.add(id);
+    if (type === "hello") lifecycle?.postMessage({ type: "here", id: node.id });
+    if (type === "done") {
+      finished.add(id);
+      exitWhenAllDone();
+    }
+  };
+  lifecycle.postMessage({ type: "hello", id: node.id });
+} catch {
+  // No BroadcastChannel: one isolate per process, nothing to wait for.
+}
+
 let stopping = false;
+let stopped = false;
+
+function exitWhenAllDone(): void {
+  if (!stopped) return;
+  for (const peer of peers) if (!finished.has(peer)) return;
+  Deno.exit(0);
+}
+
 async function stop(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
-  node.logger.info("signal", { signal });
-  const deadline = setTimeout(() => Deno.exit(0), 4500);
+  node.logger.info("signal", { signal, workers: peers.size + 1 });
+  // Deno Deploy sends SIGKILL 5 s after SIGINT: exit before, whatever is left.
+  setTimeout(() => Deno.exit(0), DEADLINE_MS);
   try {
     await node.shutdown();
-    kv.close();
-  } finally {
-    clearTimeout(deadline);
-    Deno.exit(0);
+  } catch (error) {
+    node.logger.error("shutdown_failed", { error: String(error) });
   }
+  // Let the close frames (1012) go out: wait for the sockets' close handshakes, briefly.
+  const drainEnd = Date.now() + 1500;
+  while (node.hub.connections > 0 && Date.now() < drainEnd) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  try {
+    kv.close();
+  } catch {
+    // Already closed.
+  }
+  stopped = true;
+  lifecycle?.postMessage({ type: "done", id: node.id });
+  exitWhenAllDone();
 }
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   try {

@@ -54,6 +54,17 @@ export class CpuMeter {
   }
 }
 
+/** Busy CPU time of the whole machine in ms (user + nice + system, all cores; no irq, no idle). */
+export function systemBusyMs(): number {
+  try {
+    const line = Deno.readTextFileSync("/proc/stat").split("\n", 1)[0];
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    return ((f[0] + f[1] + f[2]) * 1000) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
 /** Latency histogram with 10 µs buckets up to 2 s, plus the exact maximum. */
 export class Histogram {
   static readonly RES = 0.01;

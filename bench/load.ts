@@ -47,10 +47,13 @@ const reps = Number(args.reps ?? 3);
 const p99Limit = Number(args["p99-limit"] ?? 25);
 const drainMs = Number(args.drain ?? 3) * 1000;
 const maxSeconds = Number(args["max-seconds"] ?? 300);
-const conv = args.conv ?? "lobby";
+/** The conversation every benchmark message goes to (ours): a fresh public group by default. */
+let conv = "lobby";
+let groupId = "";
+const useGroup = target === "ours" && ["fanout", "rounds", "burst"].includes(mode) &&
+  args.group !== "false";
 const connectConcurrency = Number(args.concurrency ?? 200);
 const stopOnFail = args["no-stop"] !== "true";
-const host = new URL(base);
 const runTag = Math.random().toString(36).slice(2, 7);
 
 const hardStop = setTimeout(() => {
@@ -104,6 +107,14 @@ interface Adapter {
 const errors: Record<string, number> = {};
 let lastError = "";
 let unexpectedCloses = 0;
+
+/** Ours: the lobby is resumed; create or join the benchmark group, or be done. */
+function afterResume(c: Client) {
+  if (!useGroup) return joined(c);
+  if (!groupId && c.i === 0) {
+    c.ws!.send(JSON.stringify({ type: "group.create", name: `bench ${runTag}`, public: true }));
+  } else c.ws!.send(JSON.stringify({ type: "group.join", group: groupId }));
+}
 
 function joined(c: Client) {
   if (c.joined) return;
@@ -163,25 +174,35 @@ function oursAdapter(): Adapter {
       switch (f.type) {
         case "welcome": {
           c.user = f.user as Client["user"];
-          const resume = f.resume as
-            | { lastSeq?: Record<string, number> }
-            | undefined;
+          const resume = f.resume as { lastSeq?: Record<string, number> } | undefined;
+          if (resume?.lastSeq) Object.assign(c.lastSeq, resume.lastSeq);
           const convs = (f.conversations as { id: string }[] | undefined) ?? [];
+          // Resume the lobby from where it is: nothing to replay, and its `resumed` frame is the
+          // server's confirmation (with `since: {}` nothing would confirm the join).
           const since = c.since ??
             (c.returning
               ? Object.fromEntries(convs.map((x) => [x.id, 0]))
-              : {});
+              : { lobby: c.lastSeq.lobby ?? 0 });
           c.awaitResumed = new Set(Object.keys(since));
-          if (Object.keys(since).length === 0) c.awaitResumed.add(conv);
           c.ws!.send(JSON.stringify({ type: "resume", since }));
-          if (resume?.lastSeq) Object.assign(c.lastSeq, resume.lastSeq);
+          if (c.awaitResumed.size === 0) afterResume(c);
           break;
         }
         case "resumed": {
           const r = f as { conv: string; to: number };
           c.lastSeq[r.conv] = r.to;
-          c.awaitResumed?.delete(r.conv);
-          if (c.awaitResumed && c.awaitResumed.size === 0) joined(c);
+          if (c.awaitResumed?.delete(r.conv) && c.awaitResumed.size === 0) afterResume(c);
+          break;
+        }
+        case "conversation": {
+          const info = f.conversation as { id: string; group?: { id: string } };
+          if (useGroup && !c.joined && info.group) {
+            if (!groupId && c.i === 0) {
+              groupId = info.group.id;
+              conv = `g:${groupId}`;
+            }
+            if (info.id === conv) joined(c);
+          }
           break;
         }
         case "message": {
@@ -230,12 +251,17 @@ const sKey = adapter.sKey;
  */
 let onBench: (c: Client, t: number, sender: () => number) => void = () => {};
 const clientKind = args.client ?? "raw";
-const tKeyBytes = new TextEncoder().encode(tKey);
+/** How a delivered benchmark message starts (the welcome of ours may quote one, too). */
+const benchPrefix = target === "ours"
+  ? '{"type":"message"'
+  : target === "socketio"
+  ? '42["msg"'
+  : '{"t":';
 const sKeyBytes = new TextEncoder().encode(sKey);
 
 function handleText(c: Client, data: unknown) {
   if (typeof data !== "string") return;
-  const k = data.indexOf(tKey);
+  const k = data.startsWith(benchPrefix) ? data.indexOf(tKey) : -1;
   if (k >= 0) {
     c.received++;
     onBench(c, parseFloat(data.slice(k + tLen, k + tLen + 24)), () => {
@@ -291,7 +317,7 @@ function connect(
     };
     const headers = adapter.headers(c);
     if (kind === "raw") {
-      const raw = new RawSocket(tKey, {
+      const raw = new RawSocket(tKey, benchPrefix, {
         onBench: (t, frame, keyEnd) => {
           c.received++;
           onBench(c, t, () => {
@@ -393,7 +419,8 @@ async function setup(
   if (target === "ours") await pool(clients, 32, signIn);
   const signInMs = performance.now() - t;
   t = performance.now();
-  await pool(clients, connectConcurrency, connect);
+  if (useGroup && !groupId) await connect(clients[0]);
+  await pool(useGroup && offset === 0 ? clients.slice(1) : clients, connectConcurrency, connect);
   const connectMs = performance.now() - t;
   return { clients, signInMs, connectMs };
 }
@@ -408,8 +435,10 @@ function closeAll(clients: Client[]) {
   }
 }
 
+const padding = Number(args.pad ?? 0) > 0 ? `,"p":"${"x".repeat(Number(args.pad))}"` : "";
+
 function payload(t: number, s: number, i: number): string {
-  return `{"t":${t.toFixed(3)},"s":${s},"i":${i}}`;
+  return `{"t":${t.toFixed(3)},"s":${s},"i":${i}${padding}}`;
 }
 
 // ---- Measurement windows --------------------------------------------------------------------
@@ -422,6 +451,8 @@ interface Window {
   hist: Histogram;
   srvCpu: number;
   cliCpu: number;
+  /** CPU used by every other process on the machine (other sessions' work: noise). */
+  otherCpu: number;
 }
 
 function newWindow(): Window {
@@ -433,7 +464,20 @@ function newWindow(): Window {
     hist: new Histogram(),
     srvCpu: NaN,
     cliCpu: NaN,
+    otherCpu: NaN,
   };
+}
+
+/** CPU of the rest of the machine: everything but the server and this generator. */
+class OtherMeter {
+  #t0 = performance.now();
+  #mine0 = (serverPid ? cpuMs(serverPid) : 0) + cpuMs(Deno.pid);
+  #all0 = systemBusyMs();
+  percent(): number {
+    const dt = performance.now() - this.#t0;
+    const mine = (serverPid ? cpuMs(serverPid) : 0) + cpuMs(Deno.pid) - this.#mine0;
+    return dt > 0 ? Math.max(0, ((systemBusyMs() - this.#all0 - mine) / dt) * 100) : NaN;
+  }
 }
 
 /** A set of back-to-back windows after a warm-up; sends and receipts are filed by send time. */
@@ -452,12 +496,14 @@ class Schedule {
   async sampleCpu() {
     await sleep(Math.max(0, this.measureStart - performance.now()));
     for (const w of this.windows) {
+      const other = new OtherMeter();
       const srv = serverPid ? new CpuMeter(serverPid) : undefined;
       const cli = new CpuMeter(Deno.pid);
       const end = this.measureStart + (this.windows.indexOf(w) + 1) * windowMs;
       await sleep(Math.max(0, end - performance.now()));
       w.srvCpu = srv ? srv.percent() : NaN;
       w.cliCpu = cli.percent();
+      w.otherCpu = other.percent();
     }
   }
 }
@@ -492,6 +538,7 @@ interface Summary {
   serverCpu: number;
   clientCpu: number;
   clientBound: boolean;
+  otherCpu: number;
   windows: Record<string, number>[];
 }
 
@@ -512,6 +559,7 @@ function summarize(
       max: w.hist.max,
       serverCpu: w.srvCpu,
       clientCpu: w.cliCpu,
+      otherCpu: w.otherCpu,
     };
   });
   const med = (k: keyof typeof rows[number]) => median(rows.map((r) => r[k]));
@@ -527,6 +575,7 @@ function summarize(
     serverCpu: med("serverCpu"),
     clientCpu,
     clientBound: clientCpu >= 90,
+    otherCpu: med("otherCpu"),
     windows: rows.map((r) =>
       Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v, 4)]))
     ),
@@ -688,6 +737,7 @@ async function modeRounds() {
   let stalled = false;
   for (let k = 0; k < reps && !stalled; k++) {
     const w = newWindow();
+    const other = new OtherMeter();
     const srv = serverPid ? new CpuMeter(serverPid) : undefined;
     const cli = new CpuMeter(Deno.pid);
     roundsIn = 0;
@@ -703,6 +753,7 @@ async function modeRounds() {
     current = undefined;
     w.srvCpu = srv ? srv.percent() : NaN;
     w.cliCpu = cli.percent();
+    w.otherCpu = other.percent();
     windows.push(w);
     roundsPer.push(roundsIn / (windowMs / 1000));
   }

@@ -73,8 +73,12 @@ export class RawSocket {
   #paused = false;
   #fragments: Uint8Array[] = [];
 
-  constructor(key: string, handlers: RawHandlers) {
+  #prefix: Uint8Array;
+
+  /** `key` precedes the number of a benchmark frame, which starts with `prefix`. */
+  constructor(key: string, prefix: string, handlers: RawHandlers) {
     this.#key = encoder.encode(key);
+    this.#prefix = encoder.encode(prefix);
     this.#handlers = handlers;
   }
 
@@ -313,7 +317,10 @@ export class RawSocket {
   }
 
   #message(buf: Uint8Array, start: number, end: number) {
-    const k = indexOfBytes(buf, this.#key, start, end);
+    const prefix = this.#prefix;
+    let k = end - start >= prefix.length ? 0 : -1;
+    for (let j = 0; k === 0 && j < prefix.length; j++) if (buf[start + j] !== prefix[j]) k = -1;
+    if (k === 0) k = indexOfBytes(buf, this.#key, start, end);
     if (k >= 0) {
       const at = k + this.#key.length;
       this.#handlers.onBench(

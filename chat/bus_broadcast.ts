@@ -13,6 +13,7 @@ export class BroadcastBus implements Bus {
   readonly #channel: BroadcastChannel;
   #outbox: Envelope[] = [];
   #scheduled = false;
+  #closed = false;
 
   constructor(channelName = "chat") {
     this.#channel = new BroadcastChannel(channelName);
@@ -20,19 +21,23 @@ export class BroadcastBus implements Bus {
 
   publish(envelope: Envelope): void {
     // One post per tick: the channel's ring holds 256 posts, not 256 envelopes.
+    if (this.#closed) return;
     this.#outbox.push(envelope);
     if (this.#scheduled) return;
     this.#scheduled = true;
-    queueMicrotask(() => {
-      this.#scheduled = false;
-      const batch = this.#outbox;
-      this.#outbox = [];
-      try {
-        this.#channel.postMessage(batch);
-      } catch {
-        // Closed channel or an uncloneable value: the KV repair path covers it.
-      }
-    });
+    queueMicrotask(() => this.#flush());
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    const batch = this.#outbox;
+    this.#outbox = [];
+    if (batch.length === 0) return;
+    try {
+      this.#channel.postMessage(batch);
+    } catch {
+      // Closed channel or an uncloneable value: the KV repair path covers it.
+    }
   }
 
   subscribe(receive: (envelope: Envelope) => void): void {
@@ -45,7 +50,11 @@ export class BroadcastBus implements Bus {
     return true;
   }
 
+  /** Posts what is still queued (the last appends of a shutdown), then closes the channel. */
   close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#flush();
+    this.#closed = true;
     this.#channel.close();
     return Promise.resolve();
   }

@@ -3,8 +3,10 @@
  * envelopes to `["relay", "log", <commit versionstamp>]` (so entries list in commit order) and
  * touches `["relay", "head"]`; every node watches that one key and, on each change (watch
  * coalesces, so a change means "one or more"), lists the log after the last entry it read. A
- * slow poll covers a watch that stalls. This is what links instances on Deno Deploy and
- * processes sharing a KV file or a KV Connect server.
+ * slow poll covers a watch that stalls or ends (it is restarted), and processes that share a
+ * KV file (a watch only hears the commits of its own process). One watched key keeps well under
+ * KV's limit of 10 keys per watch. This is what links instances on Deno Deploy and processes
+ * sharing a KV file or a KV Connect server.
  *
  * @module
  */
@@ -44,7 +46,7 @@ export class KvBus implements Bus {
   #again = false;
   #closed = false;
   #healthy = true;
-  #stream: ReadableStream<Deno.KvEntryMaybe<unknown>[]> | null = null;
+  #watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | null = null;
   #poll: ReturnType<typeof setInterval> | undefined;
   #started: Promise<void>;
 
@@ -83,33 +85,51 @@ export class KvBus implements Bus {
     return this.#healthy;
   }
 
+  /** Writes what was published, then stops watching. */
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.#started;
+    await this.#started.catch(() => {});
     while (this.#flushing || this.#outbox.length || this.#scheduled) {
       if (this.#flushing) await this.#flushing;
-      else this.#flush();
+      else if (this.#outbox.length) this.#flush();
+      else await new Promise((r) => setTimeout(r, 0));
     }
     this.#closed = true;
     clearInterval(this.#poll);
-    await this.#stream?.cancel().catch(() => {});
+    const watch = this.#watch;
+    this.#watch = null;
+    await watch?.cancel().catch(() => {});
+    while (this.#reading) await new Promise((r) => setTimeout(r, 1));
   }
 
   async #start(): Promise<void> {
-    for await (
-      const entry of this.#kv.list({ prefix: RELAY_LOG_PREFIX }, { reverse: true, limit: 1 })
-    ) this.#last = entry.key;
+    await retryLocked(async () => {
+      for await (
+        const entry of this.#kv.list({ prefix: RELAY_LOG_PREFIX }, { reverse: true, limit: 1 })
+      ) this.#last = entry.key;
+    });
     if (this.#closed) return;
-    this.#stream = this.#kv.watch([RELAY_HEAD_KEY]);
     this.#poll = setInterval(() => this.#read(), this.#options.pollMs ?? 1000);
+    this.#startWatch();
+  }
+
+  /** Watches the relay head; restarts the watch when it fails or ends. */
+  #startWatch(): void {
+    if (this.#closed) return;
+    const reader = this.#kv.watch([RELAY_HEAD_KEY]).getReader();
+    this.#watch = reader;
     (async () => {
       try {
-        for await (const _ of this.#stream!) {
-          if (this.#closed) break;
+        for (;;) {
+          const { done } = await reader.read();
+          if (done || this.#closed) break;
           this.#read();
         }
       } catch {
         this.#healthy = false;
+      }
+      if (!this.#closed && this.#watch === reader) {
+        setTimeout(() => this.#startWatch(), 500);
       }
     })();
   }
@@ -158,6 +178,15 @@ export class KvBus implements Bus {
     }
   }
 
+  /** Passes an envelope on; a failing receiver must not stall the relay. */
+  #deliver(envelope: Envelope): void {
+    try {
+      this.#receive(envelope);
+    } catch {
+      // The receiver reports its own errors.
+    }
+  }
+
   /** Lists the log after the last entry read; one reader at a time, rerun if asked meanwhile. */
   async #read(): Promise<void> {
     if (this.#closed) return;
@@ -178,16 +207,17 @@ export class KvBus implements Bus {
           for await (const e of this.#kv.list<BatchEntry | RelayEntry>(selector)) entries.push(e);
         });
         for (const entry of entries) {
+          if (this.#closed) break;
           this.#last = entry.key;
           const value = entry.value;
           if (value.node === this.#options.node) continue;
           if ("heads" in value) {
             let n = 0;
             for (const [conv, seq] of Object.entries(value.heads)) {
-              this.#receive({ node: value.node, n: -++n, k: "append", conv, seq });
+              this.#deliver({ node: value.node, n: -++n, k: "append", conv, seq });
             }
           } else {
-            for (const envelope of value.envelopes) this.#receive(envelope);
+            for (const envelope of value.envelopes) this.#deliver(envelope);
           }
         }
         this.#healthy = true;

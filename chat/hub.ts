@@ -6,6 +6,12 @@
  * delivering. It never touches sockets, Hono or KV directly: connections, the log and the bus
  * are passed in.
  *
+ * Per connection it keeps a cursor per conversation: the last sequence sent (or held) to it. A
+ * message goes to a connection only when its cursor is at the message's predecessor, so every
+ * connection sees each conversation gap-free and in order; a connection that is behind (it
+ * joined while this node was further on, or a message was skipped for it) is caught up from the
+ * log, in the conversation's queue, before it gets anything newer. See `docs/delivery.md`.
+ *
  * @module
  */
 import type { Bus, Envelope, EnvelopeBody } from "./bus.ts";
@@ -58,7 +64,7 @@ export interface HubOptions {
   resumeLimit: number;
   /** Live frames kept for a connection that has not sent its first frame yet. */
   maxHeld?: number;
-  /** Milliseconds a new connection's live messages wait for its `resume`. */
+  /** Milliseconds a new connection's live messages wait for its first frame (`resume`). */
   holdMs?: number;
   /** Milliseconds between heartbeats. */
   heartbeatMs?: number;
@@ -71,9 +77,14 @@ export interface HubOptions {
 
 /** Close code for a connection that does not read its messages fast enough. */
 export const CLOSE_SLOW_CONSUMER = 1013;
+/** Close code when the hub cannot replay what a connection missed: reconnect and resume. */
+export const CLOSE_RESUME_FAILED = 1011;
+/** Close code on shutdown: reconnect (to another instance, or this one once restarted). */
+export const CLOSE_RESTARTING = 1012;
 
 interface Held {
   conv: ConversationId;
+  /** The frame's sequence: it is dropped at release when the resume already covered it. */
   seq: number;
   data: string;
 }
@@ -86,6 +97,8 @@ interface Member {
   held: Held[] | null;
   holdTimer?: ReturnType<typeof setTimeout>;
   resumedTo?: Map<ConversationId, number>;
+  /** Conversations with a catch-up from the log queued: live messages wait for it. */
+  lagging: Set<ConversationId>;
   closing: boolean;
 }
 
@@ -162,13 +175,19 @@ export class Hub {
    * frame of the client, so a resumed client gets its missed messages before newer ones.
    */
   attach(conn: Connection, cursors: Map<ConversationId, number>): void {
-    const member: Member = { conn, cursors: new Map(), held: [], closing: false };
+    const member: Member = {
+      conn,
+      cursors: new Map(),
+      held: [],
+      lagging: new Set(),
+      closing: false,
+    };
     this.#members.set(conn.id, member);
     let own = this.#users.get(conn.user.id);
     if (!own) this.#users.set(conn.user.id, own = new Set());
     own.add(member);
     for (const [conv, cursor] of cursors) this.#join(member, conv, cursor);
-    member.holdTimer = setTimeout(() => this.#release(member), this.#options.holdMs ?? 2000);
+    member.holdTimer = setTimeout(() => this.#release(member), this.#options.holdMs ?? 5000);
     this.presence.connect(conn.user);
   }
 
@@ -245,7 +264,7 @@ export class Hub {
    * everything this node has not fanned out yet, in order, reading the gap from the log.
    */
   notify(conv: ConversationId, seq: number, messages?: ChatMessage[]): void {
-    if (conv.startsWith("d:")) this.#directMembers(conv, seq, messages);
+    if (conv.startsWith("d:")) this.#directMembers(conv);
     const room = this.#rooms.get(conv);
     if (!room || room.size === 0) return;
     const state = this.#stateOf(conv, room, seq);
@@ -266,17 +285,27 @@ export class Hub {
   async resume(connId: string, since: Record<ConversationId, number>): Promise<void> {
     const member = this.#members.get(connId);
     if (!member) return;
-    member.resumedTo ??= new Map();
+    if (member.held) member.resumedTo ??= new Map();
     const tasks: Promise<void>[] = [];
     for (const [conv, seen] of Object.entries(since)) {
       if (!member.cursors.has(conv)) continue;
       tasks.push(this.#enqueue(conv, () => this.#resumeOne(member, conv, seen)));
     }
-    try {
-      await Promise.all(tasks);
-    } finally {
-      this.#release(member);
+    const results = await Promise.allSettled(tasks);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) {
+      // Releasing now would leave a gap: make the client reconnect and resume again.
+      this.#options.onError?.((failed as PromiseRejectedResult).reason, "resume");
+      member.closing = true;
+      clearTimeout(member.holdTimer);
+      try {
+        member.conn.close(CLOSE_RESUME_FAILED, "Cannot resume: reconnect");
+      } catch {
+        // Already closed.
+      }
+      return;
     }
+    this.#release(member);
   }
 
   /** Lets a connection's live messages through, without replaying anything. */
@@ -302,17 +331,23 @@ export class Hub {
 
   /** Publishes an envelope on the bus, stamped with this node and a number. */
   publish(body: EnvelopeBody): void {
-    if (this.#closed) return;
+    // After close only appends go out: the log's last commits must reach the other nodes.
+    if (this.#closed && body.k !== "append") return;
     this.stats.busOut++;
     this.#options.bus.publish({ ...body, node: this.node, n: ++this.#n } as Envelope);
   }
 
-  /** Closes every connection with `code` and stops the heartbeat. */
-  close(code = 1012, reason = "Server restarting: reconnect"): void {
+  /**
+   * Closes every connection with `code` (after a `reconnect` frame) and stops the heartbeat.
+   * Appends committed afterwards (the log finishing its writes on shutdown) are still
+   * published, so the other nodes deliver them.
+   */
+  close(code = CLOSE_RESTARTING, reason = "Server restarting: reconnect"): void {
     if (this.#closed) return;
     for (const member of this.#members.values()) {
+      member.closing = true;
       try {
-        member.conn.send(JSON.stringify({ type: "reconnect", reason }));
+        member.conn.send(JSON.stringify({ type: "reconnect", reason } satisfies ServerFrame));
         member.conn.close(code, reason);
       } catch {
         // Already closed.
@@ -335,19 +370,13 @@ export class Hub {
     if (!room) this.#rooms.set(conv, room = new Set());
     room.add(member);
     const state = this.#convs.get(conv);
-    if (state && state.fanned > cursor) {
-      // This node is past the connection's cursor: send it what it is missing first.
-      const upto = state.fanned;
-      state.tasks.push(async () => {
-        const missing = await this.#options.log.range(conv, cursor, upto);
-        for (const m of missing) this.#send(member, conv, m.seq, frameOf(m));
-      });
-      this.#pump(conv, state);
-    }
+    // This node is past the connection's cursor: send it what it is missing first.
+    if (state && state.fanned > cursor) this.#catchUp(member, conv, state);
   }
 
   #leave(member: Member, conv: ConversationId): void {
     if (!member.cursors.delete(conv)) return;
+    member.lagging.delete(conv);
     const room = this.#rooms.get(conv);
     if (!room) return;
     room.delete(member);
@@ -369,17 +398,17 @@ export class Hub {
     for (const member of this.#users.get(user) ?? []) this.#leave(member, conv);
   }
 
-  /** Both users of a direct conversation receive it, even one this node has not seen yet. */
-  #directMembers(conv: ConversationId, seq: number, messages?: ChatMessage[]): void {
+  /**
+   * Both users of a direct conversation receive it, even a connection that opened before the
+   * conversation existed (its welcome did not list it). Such a connection has seen none of it,
+   * so it joins at 0 and is caught up from the log (or told to reload past `resumeLimit`).
+   */
+  #directMembers(conv: ConversationId): void {
     const parsed = parseConversation(conv);
     if (parsed.kind !== "direct") return;
-    const first = messages?.length ? messages[0].seq - 1 : seq - 1;
-    for (const user of parsed.users) {
+    for (const user of new Set(parsed.users)) {
       for (const member of this.#users.get(user) ?? []) {
-        if (!member.cursors.has(conv)) {
-          const state = this.#convs.get(conv);
-          this.#join(member, conv, state ? state.fanned : Math.max(0, first));
-        }
+        if (!member.cursors.has(conv)) this.#join(member, conv, 0);
       }
     }
   }
@@ -448,8 +477,16 @@ export class Hub {
         const missing = await this.#options.log.range(conv, state.fanned, upto);
         this.stats.gapMessages += missing.length;
         this.#deliver(conv, state, missing);
-        // Expired or trimmed messages are skipped, not waited for.
-        if (state.fanned < upto) state.fanned = upto;
+        // Expired or trimmed messages are skipped, not waited for: connections that had
+        // everything before them have everything up to `upto`.
+        if (state.fanned < upto) {
+          for (const member of this.#rooms.get(conv) ?? []) {
+            if (member.cursors.get(conv) === state.fanned && !member.lagging.has(conv)) {
+              member.cursors.set(conv, upto);
+            }
+          }
+          state.fanned = upto;
+        }
       }
     } catch (error) {
       this.#options.onError?.(error, "gap fill");
@@ -467,9 +504,11 @@ export class Hub {
     }
   }
 
+  /** Fans out messages that follow `state.fanned` in the log (with no others between). */
   #deliver(conv: ConversationId, state: ConvState, messages: ChatMessage[]): void {
     for (const m of messages) {
       if (m.seq <= state.fanned) continue;
+      const prev = state.fanned;
       const event = m.meta?.event;
       if (event === "joined" || event === "added" || event === "created") {
         this.#subscribeLocal(m.meta!.user.id, conv, m.seq - 1);
@@ -478,7 +517,7 @@ export class Hub {
       const room = this.#rooms.get(conv);
       if (room) {
         const data = frameOf(m);
-        for (const member of room) this.#send(member, conv, m.seq, data);
+        for (const member of room) this.#send(member, conv, m.seq, data, prev, state);
         this.stats.delivered += room.size;
         this.#options.onFanout?.(m, room.size);
       }
@@ -486,16 +525,93 @@ export class Hub {
     }
   }
 
-  #send(member: Member, conv: ConversationId, seq: number, data: string): void {
+  /**
+   * Sends message `seq` of `conv`, whose predecessor in the log is `prev`, if the connection is
+   * right behind it; a connection further behind is caught up from the log instead.
+   */
+  #send(
+    member: Member,
+    conv: ConversationId,
+    seq: number,
+    data: string,
+    prev: number,
+    state: ConvState,
+  ): void {
     const cursor = member.cursors.get(conv);
-    if (cursor === undefined || seq <= cursor) return;
+    if (cursor === undefined || seq <= cursor || member.lagging.has(conv)) return;
+    if (cursor < prev) {
+      this.#catchUp(member, conv, state);
+      return;
+    }
     member.cursors.set(conv, seq);
+    this.#emit(member, conv, seq, data);
+  }
+
+  /** Sends a frame now, or holds it while the connection has not resumed. */
+  #emit(member: Member, conv: ConversationId, seq: number, data: string): void {
     if (member.held) {
       member.held.push({ conv, seq, data });
       if (member.held.length > (this.#options.maxHeld ?? 10_000)) this.#slow(member);
       return;
     }
     this.#write(member, data);
+  }
+
+  /**
+   * Queues, in the conversation's order, a read of what a connection misses up to what this
+   * node has fanned out; live messages skip it until then. Past `resumeLimit` it gets a
+   * `resumed` frame with `reload: true` (reload that range of history) instead.
+   */
+  #catchUp(member: Member, conv: ConversationId, state: ConvState): void {
+    if (member.lagging.has(conv) || member.closing) return;
+    member.lagging.add(conv);
+    state.tasks.push(async () => {
+      let retry = false;
+      try {
+        const cursor = member.cursors.get(conv);
+        if (cursor === undefined || !this.#members.has(member.conn.id)) return;
+        const upto = state.fanned;
+        if (upto <= cursor) return;
+        if (upto - cursor > this.#options.resumeLimit) {
+          member.cursors.set(conv, upto);
+          const frame: ServerFrameOf<"resumed"> = {
+            type: "resumed",
+            conv,
+            from: cursor,
+            to: upto,
+            reload: true,
+          };
+          this.#emit(member, conv, upto, JSON.stringify(frame));
+          return;
+        }
+        let missing: ChatMessage[];
+        try {
+          missing = await this.#options.log.range(conv, cursor, upto);
+        } catch (error) {
+          this.#options.onError?.(error, "catch-up");
+          retry = true;
+          return;
+        }
+        // Left (and maybe rejoined) meanwhile: that join decides what it gets.
+        if (member.cursors.get(conv) !== cursor || !member.lagging.has(conv)) return;
+        for (const m of missing) {
+          member.cursors.set(conv, m.seq);
+          this.#emit(member, conv, m.seq, frameOf(m));
+        }
+        member.cursors.set(conv, upto);
+      } finally {
+        member.lagging.delete(conv);
+        if (retry && !this.#closed) {
+          setTimeout(() => {
+            const now = this.#convs.get(conv);
+            if (now && member.cursors.has(conv) && (member.cursors.get(conv) ?? 0) < now.fanned) {
+              this.#catchUp(member, conv, now);
+            }
+          }, 200);
+        }
+      }
+    });
+    this.#pump(conv, state);
   }
 
   #write(member: Member, data: string): void {
@@ -519,26 +635,37 @@ export class Hub {
     }
   }
 
+  /**
+   * Replays one conversation after `seen`. Runs in the conversation's queue, so no live message
+   * of it goes out meanwhile; live ones already held are dropped at release up to `to`.
+   */
   async #resumeOne(member: Member, conv: ConversationId, seen: number): Promise<void> {
     if (!this.#members.has(member.conn.id) || !member.cursors.has(conv)) return;
     const cursor = member.cursors.get(conv)!;
     const limit = this.#options.resumeLimit;
     let to = seen;
     let reload = false;
-    if (seen < cursor || member.held) {
+    if (!member.held) {
+      // Live messages already went out past `cursor`: replaying would repeat or reorder them.
+      if (seen < cursor) {
+        to = cursor;
+        reload = true;
+      }
+    } else {
       const missed = await this.#options.log.range(conv, seen, Number.MAX_SAFE_INTEGER, limit + 1);
+      if (!member.cursors.has(conv)) return;
       if (missed.length > limit) {
         reload = true;
-        to = await this.#options.log.head(conv);
+        to = Math.max(missed[missed.length - 1].seq, await this.#options.log.head(conv));
       } else {
         for (const m of missed) this.#write(member, frameOf(m));
         if (missed.length) to = missed[missed.length - 1].seq;
       }
+      member.resumedTo?.set(conv, to);
+      // Messages behind this connection are in KV: it has everything up to `to` now.
+      member.lagging.delete(conv);
     }
-    member.resumedTo?.set(conv, to);
-    if (to > (member.cursors.get(conv) ?? 0) && member.cursors.has(conv)) {
-      member.cursors.set(conv, to);
-    }
+    if (to > (member.cursors.get(conv) ?? 0)) member.cursors.set(conv, to);
     const frame: ServerFrameOf<"resumed"> = { type: "resumed", conv, from: seen, to, reload };
     this.#write(member, JSON.stringify(frame));
   }

@@ -168,24 +168,33 @@ export class MessageLog {
     return entry.value ?? 0;
   }
 
-  /** Messages with `after < seq <= to`, oldest first, at most `limit`, expired ones skipped. */
+  /**
+   * Messages with `after < seq <= to`, oldest first, at most `limit`, skipping the ones past
+   * retention: older than `retentionMs` (KV's `expireIn` is only a lower bound on deletion) or
+   * more than `retentionCount` behind the newest. Expired messages do not count towards `limit`.
+   */
   async range(
     conv: ConversationId,
     after: number,
     to: number,
     limit = Number.MAX_SAFE_INTEGER,
   ): Promise<ChatMessage[]> {
-    if (to <= after) return [];
+    if (to <= after || limit <= 0) return [];
+    const head = to >= Number.MAX_SAFE_INTEGER ? await this.head(conv) : to;
+    const start = Math.max(after, head - this.#options.retentionCount);
+    if (head <= start) return [];
     const cutoff = this.#now() - this.#options.retentionMs;
     const messages: ChatMessage[] = [];
     await retryLocked(async () => {
       messages.length = 0;
       const iter = this.#kv.list<ChatMessage>({
-        start: messageKey(conv, after + 1),
-        end: messageKey(conv, to + 1),
-      }, { limit, batchSize: Math.min(500, limit) });
+        start: messageKey(conv, start + 1),
+        end: messageKey(conv, to >= Number.MAX_SAFE_INTEGER ? to : to + 1),
+      }, { batchSize: Math.min(500, limit + 1) });
       for await (const entry of iter) {
-        if (entry.value.ts >= cutoff) messages.push(entry.value);
+        if (entry.value.ts < cutoff) continue;
+        messages.push(entry.value);
+        if (messages.length >= limit) break;
       }
     });
     return messages;
@@ -193,7 +202,7 @@ export class MessageLog {
 
   /**
    * A page of history: up to `limit` messages older than `before` (or the newest), oldest first,
-   * and whether older ones exist.
+   * and whether older ones exist. Messages past retention (by age or count) are not shown.
    */
   async page(
     conv: ConversationId,
@@ -201,6 +210,7 @@ export class MessageLog {
     limit: number,
   ): Promise<{ messages: ChatMessage[]; more: boolean }> {
     const cutoff = this.#now() - this.#options.retentionMs;
+    const floor = (await this.head(conv)) - this.#options.retentionCount;
     const messages: ChatMessage[] = [];
     let more = false;
     await retryLocked(async () => {
@@ -213,7 +223,7 @@ export class MessageLog {
         { reverse: true, limit: limit + 1, batchSize: limit + 1 },
       );
       for await (const entry of iter) {
-        if (entry.value.ts < cutoff) break;
+        if (entry.value.ts < cutoff || entry.value.seq <= floor) break;
         if (messages.length === limit) {
           more = true;
           break;
@@ -392,7 +402,11 @@ export class MessageLog {
       for (const conv of convs) {
         this.#heads.set(conv, { seq: next.get(conv)!, versionstamp: result.versionstamp });
       }
-      this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
+      try {
+        this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
+      } catch {
+        // The messages are stored: a failing listener must not turn that into an error.
+      }
       for (const [p, message] of planned) p.resolve({ message, duplicate: false });
     }
     // Repeats resolve after their first, as duplicates of it.

@@ -72,6 +72,7 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
   const bus = new MultiBus(buses);
   const relay = buses.some((b) => b instanceof KvBus);
   // The hub is created below; the log calls it on each commit.
+  // deno-lint-ignore prefer-const -- assigned once the log exists: the log calls the hub.
   let hub!: Hub;
   const log = new MessageLog(kv, {
     retentionCount: config.CHAT_RETENTION_COUNT,

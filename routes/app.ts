@@ -8,6 +8,7 @@ import { Hono } from "hono";
 import type { ChatNode } from "../chat/node.ts";
 import { apiRoutes } from "./api.ts";
 import { errorJson } from "./errors.ts";
+import { legacySockets } from "./legacy.ts";
 import { opsRoutes } from "./ops.ts";
 import { pageRoutes, securityHeaders } from "./pages.ts";
 import { sessionRoutes } from "./session.ts";
@@ -15,7 +16,7 @@ import { socketHandler } from "./ws.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface AppOptions {
-  /** Extra socket routes mounted before the middleware (the legacy dialects). */
+  /** Extra socket routes mounted before the middleware; the legacy dialects by default. */
   sockets?: (app: Hono, node: ChatNode) => void;
   /** The folder of the web client. */
   staticRoot?: URL;
@@ -25,7 +26,7 @@ export interface AppOptions {
 export function createApp(node: ChatNode, options: AppOptions = {}): Hono {
   const app = new Hono();
   app.get("/ws", (c) => socketHandler(node, c));
-  options.sockets?.(app, node);
+  (options.sockets ?? legacySockets)(app, node);
   app.use("*", securityHeaders);
   app.route("/api", sessionRoutes(node));
   app.route("/api", apiRoutes(node));

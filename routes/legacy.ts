@@ -21,7 +21,7 @@ import type { Connection } from "../chat/hub.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { canonicalName, checkUserName } from "../chat/names.ts";
 import { ChatError, parseConversation, utf8Length } from "../chat/protocol.ts";
-import type { ServerFrame, UserInfo } from "../chat/protocol.ts";
+import type { ServerFrame, UserId, UserInfo } from "../chat/protocol.ts";
 import { KeyedLimiter, TokenBucket } from "../chat/rate_limit.ts";
 import { CLOSE_POLICY, CLOSE_TOO_BIG } from "../chat/service.ts";
 import { errorJson } from "./errors.ts";
@@ -70,17 +70,21 @@ function names(users: UserInfo[]): string[] {
  * dropped.
  *
  * @param online the users online now, for `user_list`
+ * @param seen the users this client was told are online, kept up to date here, so that it is
+ * not told twice
  */
 export function toLegacy(
   frame: ServerFrame,
   self: UserInfo,
   online: () => UserInfo[],
+  seen?: Set<UserId>,
 ): LegacyFrame[] {
   switch (frame.type) {
     case "welcome": {
       const users = frame.online.some((u) => u.id === self.id)
         ? frame.online
         : [self, ...frame.online];
+      for (const u of users) seen?.add(u.id);
       return [{
         type: "login",
         content: escapeHtml(self.name),
@@ -113,7 +117,14 @@ export function toLegacy(
       return [];
     }
     case "presence": {
-      const changes = frame.changes.filter((change) => change.user.id !== self.id);
+      const changes = frame.changes.filter((change) => {
+        if (change.user.id === self.id) return false;
+        if (!seen) return true;
+        if (seen.has(change.user.id) === change.online) return false;
+        if (change.online) seen.add(change.user.id);
+        else seen.delete(change.user.id);
+        return true;
+      });
       if (!changes.length) return [];
       const user_list = names(online());
       return changes.map((change) => ({
@@ -197,8 +208,10 @@ export function parseLegacy(text: string): LegacyRequest {
   }
 }
 
-// Per address, across the legacy sockets of this isolate.
-const addresses = new Map<string, number>();
+// Per node, not per module: tests run several nodes in one process.
+/** Open legacy sockets per address. */
+const addressCounts = new WeakMap<ChatNode, Map<string, number>>();
+/** Sign-ins per address. */
 const signIns = new WeakMap<ChatNode, KeyedLimiter>();
 
 /** One legacy socket: in-band sign-in, then an ordinary connection of the service. */
@@ -213,6 +226,8 @@ class LegacyClient {
   #chain: Promise<void> = Promise.resolve();
   #user: UserRecord | null = null;
   #conn: Connection | null = null;
+  /** Who this client was told is online. */
+  readonly #seen = new Set<UserId>();
   #closed = false;
 
   constructor(node: ChatNode, socket: WebSocket, address: string) {
@@ -447,17 +462,24 @@ class LegacyClient {
       return;
     }
     const online = () => this.#node.hub.presence.online(MAX_USER_LIST);
-    for (const legacy of toLegacy(frame, user, online)) this.#write(legacy);
+    for (const legacy of toLegacy(frame, user, online, this.#seen)) this.#write(legacy);
   }
 
   #onClose(): void {
     if (this.#closed) return;
     this.#closed = true;
+    const addresses = addressesOf(this.#node);
     const n = (addresses.get(this.#address) ?? 1) - 1;
     if (n <= 0) addresses.delete(this.#address);
     else addresses.set(this.#address, n);
     if (this.#conn) this.#node.service.close(this.#conn);
   }
+}
+
+function addressesOf(node: ChatNode): Map<string, number> {
+  let addresses = addressCounts.get(node);
+  if (!addresses) addressCounts.set(node, addresses = new Map());
+  return addresses;
 }
 
 function randomInt(below: number): number {
@@ -478,6 +500,7 @@ export function legacyHandler(node: ChatNode, c: Context): Response {
     return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
   }
   const address = addressOf(c);
+  const addresses = addressesOf(node);
   const max = node.config.CHAT_MAX_CONNECTIONS_PER_ADDRESS;
   if ((addresses.get(address) ?? 0) >= max) {
     node.metrics.refusedUpgrades++;

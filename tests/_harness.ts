@@ -303,16 +303,20 @@ export async function startServe(options: {
     exited = true;
     return s;
   });
-  await until(async () => {
-    if (exited) throw new Error(`deno serve exited early:\n${text}`);
-    try {
-      const res = await fetch(`${url}/healthz`);
-      await res.body?.cancel();
-      return res.ok;
-    } catch {
-      return false;
-    }
-  }, 30_000, "deno serve to answer /healthz");
+  await until(
+    async () => {
+      if (exited) throw new Error(`deno serve exited early:\n${text}`);
+      try {
+        const res = await fetch(`${url}/healthz`);
+        await res.body?.cancel();
+        return res.ok;
+      } catch {
+        return false;
+      }
+    },
+    30_000,
+    "deno serve to answer /healthz",
+  );
   const stop = async (signal: Deno.Signal = "SIGTERM") => {
     if (!exited) {
       try {

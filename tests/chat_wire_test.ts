@@ -169,9 +169,10 @@ Deno.test("presence: online and offline events, the online list, typing", async 
   const cb = await TestClient.connect(server, b.token);
   const online = await ca.next(
     "presence",
-    (f) => f.changes.some((c: { user: { id: string }; online: boolean }) =>
-      c.user.id === b.user.id && c.online
-    ),
+    (f) =>
+      f.changes.some((c: { user: { id: string }; online: boolean }) =>
+        c.user.id === b.user.id && c.online
+      ),
   );
   assert.ok(online);
   const list = await ca.request({ type: "presence.list" }, "online");
@@ -184,13 +185,18 @@ Deno.test("presence: online and offline events, the online list, typing", async 
   await cb.close();
   cb2.send({ type: "typing", conv: "lobby" });
   const typing = await ca.next("typing");
-  assert.deepEqual(typing, { type: "typing", conv: "lobby", user: { id: b.user.id, name: b.user.name } });
+  assert.deepEqual(typing, {
+    type: "typing",
+    conv: "lobby",
+    user: { id: b.user.id, name: b.user.name },
+  });
   await cb2.close();
   const offline = await ca.next(
     "presence",
-    (f) => f.changes.some((c: { user: { id: string }; online: boolean }) =>
-      c.user.id === b.user.id && !c.online
-    ),
+    (f) =>
+      f.changes.some((c: { user: { id: string }; online: boolean }) =>
+        c.user.id === b.user.id && !c.online
+      ),
   );
   assert.ok(offline);
   // Bob was online throughout his two connections: one online event, one offline event.
@@ -212,7 +218,16 @@ Deno.test("history pages over the socket and REST, members only", async () => {
   // seq 1 is the "created" notice; messages are 2..31.
   const newest = await ca.request({ type: "history", conv, limit: 10 }, "history");
   assert.deepEqual(newest.messages.map((m: { seq: number }) => m.seq), [
-    22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    29,
+    30,
+    31,
   ]);
   assert.equal(newest.more, true);
   const older = await ca.request({ type: "history", conv, before: 22, limit: 25 }, "history");

@@ -78,9 +78,10 @@ Deno.test("clients on different workers chat by DM and group and see presence", 
   await cb.close();
   await ca.next(
     "presence",
-    (f) => f.changes.some((c: { user: { id: string }; online: boolean }) =>
-      c.user.id === b.user.id && !c.online
-    ),
+    (f) =>
+      f.changes.some((c: { user: { id: string }; online: boolean }) =>
+        c.user.id === b.user.id && !c.online
+      ),
     10_000,
   );
 });

@@ -45,7 +45,9 @@ Deno.test("parseClientFrame accepts every documented frame", () => {
     { type: "ping", t: 1 },
   ];
   assert.equal(frames.length, Object.keys(CLIENT_FRAME_SCHEMAS).length + 1);
-  for (const frame of frames) assert.equal(parseClientFrame(JSON.stringify(frame)).type, frame.type);
+  for (const frame of frames) {
+    assert.equal(parseClientFrame(JSON.stringify(frame)).type, frame.type);
+  }
 });
 
 Deno.test("parseClientFrame refuses bad input with stable codes and clear messages", () => {

@@ -120,6 +120,7 @@ function onReady() {
     ensureHistory(state.open);
     emit("open", state.open);
   }
+  if (state.members) loadMembers(state.members.group);
   markViewed();
   emit("ready");
 }
@@ -206,6 +207,9 @@ function onMessage(f) {
   emit("typing", m.conv);
   if (isViewing(m.conv)) markViewed();
   const live = !resuming.has(m.conv);
+  if (live && m.meta && m.conv.startsWith("g:") && m.meta.event !== "created") {
+    onMember({ conv: m.conv, user: m.meta.user, event: m.meta.event });
+  }
   if (
     live && state.notify && document.hidden && c?.kind === "direct" && m.from !== state.me?.id &&
     (m.kind === "text" || store.isNotices(m.conv))
@@ -314,14 +318,7 @@ function onConversation(info) {
     pendingOpen.groupName = null;
     open = true;
   }
-  if (g && state.groups) {
-    const listed = state.groups.find((x) => x.id === g.id);
-    if (listed && !listed.member) {
-      listed.member = true;
-      listed.members++;
-    }
-    emit("groups");
-  }
+  if (g && state.groups) listGroups();
   emit("convs");
   if (open) openConv(c.id, { show: true });
   else if (state.open === c.id) emit("open", c.id);
@@ -336,14 +333,7 @@ function onConversationRemoved(convId) {
     state.members = null;
     emit("members");
   }
-  if (c.group && state.groups) {
-    const listed = state.groups.find((x) => x.id === c.group.id);
-    if (listed?.member) {
-      listed.member = false;
-      listed.members = Math.max(0, listed.members - 1);
-    }
-    emit("groups");
-  }
+  if (c.group && state.groups) listGroups();
   if (state.open === convId) {
     state.open = null;
     openConv("lobby");
@@ -468,9 +458,20 @@ function makeId() {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+const encoder = new TextEncoder();
+
 function sendPending(p) {
   if (p.status !== "pending" || !state.outbox.has(p.id)) return;
-  if (send({ type: "send", id: p.id, conv: p.conv, text: p.text })) p.sentAt = Date.now();
+  const frame = { type: "send", id: p.id, conv: p.conv, text: p.text };
+  const max = state.limits.maxFrameBytes;
+  if (max && encoder.encode(JSON.stringify(frame)).length > max) {
+    // The server would close the socket over it: fail here instead.
+    p.status = "failed";
+    p.error = "Message too large";
+    emit("messages", p.conv);
+    return;
+  }
+  if (send(frame)) p.sentAt = Date.now();
 }
 
 /** Queues a message for the open conversation and sends it when possible. */

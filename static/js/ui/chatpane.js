@@ -54,6 +54,7 @@ export function init() {
   });
   on("members", () => {
     $("members-button").setAttribute("aria-expanded", String(!!state.members));
+    renderHeader();
   });
   updateVisibility();
 }
@@ -179,6 +180,7 @@ function showList(fromPopstate = false) {
 /** Whether the chat pane is on screen (always on a wide screen; the second screen on a phone). */
 function updateVisibility() {
   const visible = !phone.matches || document.body.classList.contains("show-chat");
+  if (visible) autosize();
   if (visible !== state.chatVisible) {
     state.chatVisible = visible;
     emit("convs");

@@ -92,13 +92,17 @@ function scrollToBottom() {
 /** The view model: day separators and messages, with grouping flags. */
 function buildRows(c) {
   const rows = [];
+  const days = new Set();
   let prev = null;
   let prevDay = null;
   const push = (m, pending) => {
     const ts = m.ts || Date.now();
     const day = dayKey(ts);
     if (day !== prevDay) {
-      rows.push({ key: `d:${day}`, day: true, ts });
+      // Keys stay unique even if clocks disagree and a day comes back.
+      const key = days.has(day) ? `d:${day}:${rows.length}` : `d:${day}`;
+      days.add(day);
+      rows.push({ key, day: true, ts });
       prevDay = day;
       prev = null;
     }

@@ -23,6 +23,7 @@ export function init(signedIn) {
 /** Shows the screen, with an optional message (e.g. "your session ended"). */
 export function show(message = "") {
   $("signin").hidden = false;
+  $("signin-name").value = "";
   $("signin-password").value = "";
   showError(message);
   updateLabels();
@@ -36,10 +37,6 @@ export function hide() {
 
 async function suggest(force) {
   const input = $("signin-name");
-  if (input.value && !force) {
-    input.select();
-    return;
-  }
   try {
     const name = await api.suggestName();
     if (name && (force || !input.value)) {

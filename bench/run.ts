@@ -1,0 +1,832 @@
+/**
+ * The benchmark orchestrator: starts each server (ours and the peers) pinned to core 0, runs the
+ * load generator pinned to core 1, and writes `bench/results/<date>.json` and `.md`.
+ *
+ *   deno task bench                      # everything (about half an hour on 2 cores)
+ *   deno task bench --quick              # CI smoke run: ours + Deno relay, small N, < 60 s
+ *   deno task bench --only w1,w4 --targets ours,relay,socketio
+ *
+ * Workloads (see docs/benchmarks.md): w1 group fan-out knee, w2 closed-loop rounds, w3 direct
+ * messages (ours), w4 idle connections, w5 history page and catch-up (ours), w6 two workers,
+ * w7 slow consumers.
+ *
+ * @module
+ */
+import { median, parseArgs, round, sleep } from "./lib.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const BENCH = `${ROOT}/bench`;
+const args = parseArgs(Deno.args);
+const quick = args.quick === "true";
+const only = args.only ? new Set(args.only.split(",")) : undefined;
+const SERVER_CORES = args["server-cores"] ?? "0";
+const CLIENT_CORES = args["client-cores"] ?? "1";
+const BUN = `${BENCH}/node_modules/bun/bin/bun.exe`;
+const NODE_MODULES = `${BENCH}/node_modules`;
+const tmp = await Deno.makeTempDir({ prefix: "chatbench-" });
+const started = Date.now();
+const quickBudgetMs = 58_000;
+
+// ---- Targets ------------------------------------------------------------------------------
+
+interface TargetDef {
+  name: string;
+  label: string;
+  cmd(port: number, opts: ServerOpts): string[];
+  env?(opts: ServerOpts): Record<string, string>;
+  node?: boolean;
+}
+
+interface ServerOpts {
+  workers?: number;
+  cores?: string;
+  env?: Record<string, string>;
+}
+
+/** Limits raised so the benchmark measures throughput, not the abuse limits. */
+const OURS_ENV: Record<string, string> = {
+  CHAT_RATE_BURST: "100000",
+  CHAT_RATE_PER_SECOND: "100000",
+  CHAT_USER_RATE_BURST: "100000",
+  CHAT_USER_RATE_PER_SECOND: "100000",
+  CHAT_MAX_CONNECTIONS_PER_ADDRESS: "1000000",
+  CHAT_MAX_CONNECTIONS_PER_USER: "1000",
+  CHAT_SIGNIN_PER_MINUTE: "100000",
+  CHAT_GROUP_CREATES_PER_HOUR: "100000",
+  CHAT_MAX_BUFFERED_BYTES: String(64 << 20),
+  CHAT_LOG_LEVEL: "warn",
+};
+
+const TARGETS: Record<string, TargetDef> = {
+  ours: {
+    name: "ours",
+    label: "ours (Hono + KV)",
+    cmd: (port, o) => [
+      "deno",
+      "serve",
+      "--allow-all",
+      ...((o.workers ?? 1) > 1 ? ["--parallel"] : []),
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      `${ROOT}/main.ts`,
+    ],
+    env: (o) => ({
+      ...OURS_ENV,
+      CHAT_KV_PATH: `${tmp}/ours-${crypto.randomUUID().slice(0, 8)}.kv`,
+      DENO_JOBS: String(o.workers ?? 1),
+      ...o.env,
+    }),
+  },
+  relay: {
+    name: "relay",
+    label: "Deno relay",
+    cmd: (port) => ["deno", "run", "-A", `${BENCH}/peers/deno_relay.ts`, String(port)],
+  },
+  ws: {
+    name: "ws",
+    label: "Node + ws",
+    node: true,
+    cmd: (port) => ["node", `${BENCH}/peers/node_ws.mjs`, String(port)],
+  },
+  socketio: {
+    name: "socketio",
+    label: "Socket.IO 4.8",
+    node: true,
+    cmd: (port) => ["node", `${BENCH}/peers/socketio.mjs`, String(port)],
+  },
+  uws: {
+    name: "uws",
+    label: "uWebSockets.js",
+    node: true,
+    cmd: (port) => ["node", `${BENCH}/peers/uws.mjs`, String(port)],
+  },
+  bun: {
+    name: "bun",
+    label: "Bun publish",
+    node: true,
+    cmd: (port) => [BUN, `${BENCH}/peers/bun_publish.ts`, String(port)],
+  },
+};
+
+const haveMain = await exists(`${ROOT}/main.ts`);
+const defaultTargets = quick ? ["ours", "relay"] : ["ours", "relay", "ws", "socketio", "uws", "bun"];
+const targets = (args.targets ? args.targets.split(",") : defaultTargets).filter((t) => {
+  if (!TARGETS[t]) throw new Error(`unknown target ${t}; known: ${Object.keys(TARGETS).join(", ")}`);
+  if (t === "ours" && !haveMain) {
+    console.error("main.ts does not exist yet: skipping ours");
+    return false;
+  }
+  return true;
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- Processes ----------------------------------------------------------------------------
+
+const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
+let nextPort = 20000 + Math.floor(Math.random() * 20000);
+
+async function freePort(): Promise<number> {
+  for (;;) {
+    const port = nextPort++;
+    try {
+      const l = Deno.listen({ hostname: "127.0.0.1", port });
+      l.close();
+      return port;
+    } catch { /* taken */ }
+  }
+}
+
+interface Server {
+  target: string;
+  port: number;
+  pid: number;
+  url: string;
+  child: Deno.ChildProcess;
+  log: string;
+  stop(): Promise<void>;
+}
+
+async function startServer(name: string, opts: ServerOpts = {}): Promise<Server> {
+  const def = TARGETS[name];
+  const port = await freePort();
+  const log = `${tmp}/${name}-${port}.log`;
+  const cmd = def.cmd(port, opts);
+  const cores = opts.cores ?? SERVER_CORES;
+  const child = new Deno.Command("bash", {
+    args: ["-c", `${ULIMIT}; exec taskset -c ${cores} "$@" >${log} 2>&1`, "bash", ...cmd],
+    cwd: ROOT,
+    env: { ...(def.env?.(opts) ?? {}), NODE_PATH: NODE_MODULES },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const url = `http://127.0.0.1:${port}`;
+  let exited = false;
+  child.status.then(() => (exited = true));
+  const server: Server = {
+    target: name,
+    port,
+    pid: child.pid,
+    url,
+    child,
+    log,
+    async stop() {
+      if (exited) return;
+      try {
+        child.kill("SIGTERM");
+      } catch { /* gone */ }
+      const done = await Promise.race([child.status.then(() => true), sleep(5000).then(() => false)]);
+      if (!done) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+        await child.status;
+      }
+    },
+  };
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (exited) break;
+    try {
+      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      return server;
+    } catch {
+      await sleep(150);
+    }
+  }
+  await server.stop();
+  let tail = "";
+  try {
+    tail = (await Deno.readTextFile(log)).slice(-2000);
+  } catch { /* none */ }
+  throw new Error(`${name} did not start on ${port}:\n${tail}`);
+}
+
+type Result = Record<string, unknown> & { error?: string };
+
+/** Runs the load generator (pinned to the client cores) and returns its result line. */
+async function load(server: Server, mode: string, opts: Record<string, string | number>, timeoutS = 300): Promise<Result> {
+  const flags = Object.entries(opts).flatMap(([k, v]) => [`--${k}`, String(v)]);
+  const cmd = [
+    "deno",
+    "run",
+    "-A",
+    `${BENCH}/load.ts`,
+    "--target",
+    server.target,
+    "--url",
+    server.url,
+    "--server-pid",
+    String(server.pid),
+    "--mode",
+    mode,
+    "--max-seconds",
+    String(timeoutS),
+    ...flags,
+  ];
+  const child = new Deno.Command("bash", {
+    args: ["-c", `${ULIMIT}; exec taskset -c ${opts.cores ?? CLIENT_CORES} "$@"`, "bash", ...cmd],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const killer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, (timeoutS + 15) * 1000);
+  const out = await child.output();
+  clearTimeout(killer);
+  const text = new TextDecoder().decode(out.stdout);
+  const line = text.split("\n").find((l) => l.startsWith("RESULT "));
+  if (!line) return { error: `load generator exited ${out.code} without a result` };
+  return JSON.parse(line.slice(7));
+}
+
+async function withServer<T>(name: string, opts: ServerOpts, fn: (s: Server) => Promise<T>): Promise<T> {
+  const server = await startServer(name, opts);
+  try {
+    return await fn(server);
+  } finally {
+    await server.stop();
+  }
+}
+
+// ---- Environment --------------------------------------------------------------------------
+
+async function sh(cmd: string): Promise<string> {
+  try {
+    const out = await new Deno.Command("bash", { args: ["-c", cmd], stdout: "piped", stderr: "null" }).output();
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch {
+    return "";
+  }
+}
+
+async function pkgVersion(name: string): Promise<string> {
+  try {
+    return JSON.parse(await Deno.readTextFile(`${NODE_MODULES}/${name}/package.json`)).version;
+  } catch {
+    return "not installed";
+  }
+}
+
+async function ensureNodeDeps(needed: boolean) {
+  if (!needed || await exists(`${NODE_MODULES}/.package-lock.json`)) return;
+  console.error("installing the peers' npm packages into bench/node_modules ...");
+  const out = await new Deno.Command("npm", {
+    args: ["install", "--no-audit", "--no-fund", "--prefix", BENCH],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error("npm install in bench/ failed");
+}
+
+async function environment() {
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+  const meminfo = await Deno.readTextFile("/proc/meminfo").catch(() => "");
+  return {
+    cpu: cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown",
+    cores: navigator.hardwareConcurrency,
+    memoryGiB: round(Number(meminfo.match(/MemTotal:\s+(\d+)/)?.[1] ?? 0) / 1048576, 1),
+    kernel: await sh("uname -r"),
+    loadAverageAtStart: await sh("cut -d' ' -f1-3 /proc/loadavg"),
+    versions: {
+      deno: Deno.version.deno,
+      v8: Deno.version.v8,
+      node: await sh("node --version"),
+      bun: await sh(`${BUN} --version`),
+      "socket.io": await pkgVersion("socket.io"),
+      ws: await pkgVersion("ws"),
+      "@trufflesuite/uws-js-unofficial": await pkgVersion("@trufflesuite/uws-js-unofficial"),
+      autocannon: await pkgVersion("autocannon"),
+      hono: await sh(`grep -o 'npm:hono@[^"]*' ${ROOT}/deno.json | head -1 | cut -d@ -f2`),
+    },
+    pinning: { server: SERVER_CORES, client: CLIENT_CORES },
+    command: `deno task bench ${Deno.args.join(" ")}`.trim(),
+    oursEnv: OURS_ENV,
+  };
+}
+
+// ---- Workloads ----------------------------------------------------------------------------
+
+const P = quick
+  ? {
+    w1: { ns: [50], rates: [10_000, 25_000], warmup: 0.5, seconds: 1, reps: 3 },
+    w2: { ns: [32], warmup: 0.5, seconds: 1, reps: 3 },
+    w3: { n: 100, rates: [2_000], warmup: 0.5, seconds: 1, reps: 2 },
+    w4: { n: 500, seconds: 1 },
+    w5: { missed: 300, reps: 1, duration: 2 },
+    w6: { n: 50, rates: [10_000], bursts: [100], reps: 1 },
+    w7: { n: 100, rate: 10_000, pad: 200, warmup: 0.5, seconds: 1, reps: 2 },
+  }
+  : {
+    w1: {
+      ns: [100, 500, 1000],
+      rates: [25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000],
+      warmup: 1,
+      seconds: 2,
+      reps: 3,
+    },
+    w2: { ns: [32, 100, 500], warmup: 1, seconds: 3, reps: 3 },
+    w3: { n: 1000, rates: [5_000, 10_000, 20_000, 30_000, 40_000, 50_000], warmup: 1, seconds: 2, reps: 3 },
+    w4: { n: 10_000, seconds: 5 },
+    w5: { missed: 300, reps: 3, duration: 5 },
+    w6: {
+      n: 500,
+      rates: [25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000],
+      bursts: [100, 300, 1000],
+      reps: 3,
+    },
+    w7: { n: 500, rate: 50_000, pad: 2000, warmup: 2, seconds: 8, reps: 3 },
+  };
+
+const results: Record<string, unknown> = {};
+const want = (w: string) => !only || only.has(w);
+
+function fanoutArgs(p: { rates: number[]; warmup: number; seconds: number; reps: number }, n: number) {
+  return { clients: n, rates: p.rates.join(","), warmup: p.warmup, seconds: p.seconds, reps: p.reps };
+}
+
+/** W1: group fan-out, open loop, stepped rate; the knee per target and N. */
+async function w1(shared?: Map<string, Server>) {
+  const out: Record<string, Record<string, Result>> = {};
+  for (const n of P.w1.ns) {
+    for (const t of targets) {
+      const run = (s: Server) => load(s, "fanout", fanoutArgs(P.w1, n), 240);
+      const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+      (out[t] ??= {})[n] = r;
+      console.error(`w1 ${t} N=${n}: knee ${r.knee ?? r.error}`);
+    }
+  }
+  results.w1 = out;
+}
+
+async function w2(shared?: Map<string, Server>) {
+  const out: Record<string, Record<string, Result>> = {};
+  for (const n of P.w2.ns) {
+    for (const t of targets) {
+      const run = (s: Server) =>
+        load(s, "rounds", { clients: n, warmup: P.w2.warmup, seconds: P.w2.seconds, reps: P.w2.reps }, 180);
+      const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+      (out[t] ??= {})[n] = r;
+      console.error(`w2 ${t} N=${n}: ${r.deliveredPerSec ?? r.error} deliveries/s`);
+    }
+  }
+  results.w2 = out;
+}
+
+async function w3(shared?: Map<string, Server>) {
+  if (!targets.includes("ours")) return;
+  const p = P.w3;
+  const run = (s: Server) =>
+    load(s, "dm", {
+      clients: p.n,
+      rates: p.rates.join(","),
+      warmup: p.warmup,
+      seconds: p.seconds,
+      reps: p.reps,
+      "p99-limit": 20,
+      offline: 0.1,
+    }, 300);
+  results.w3 = shared?.get("ours") ? await run(shared.get("ours")!) : await withServer("ours", {}, run);
+}
+
+async function w4(shared?: Map<string, Server>) {
+  const out: Record<string, Result> = {};
+  for (const t of targets) {
+    const run = (s: Server) =>
+      load(s, "idle", { clients: P.w4.n, seconds: P.w4.seconds, concurrency: 500 }, 240);
+    out[t] = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+    console.error(`w4 ${t}: ${out[t].rssPerConnKB ?? out[t].error} KB/conn, open ${out[t].openMs} ms`);
+  }
+  results.w4 = out;
+}
+
+/** Runs autocannon (pinned to the client core) against a URL; latency in ms. */
+async function autocannon(url: string, headers: Record<string, string>, duration: number): Promise<Result> {
+  const h = Object.entries(headers).flatMap(([k, v]) => ["-H", `${k}=${v}`]);
+  const out = await new Deno.Command("taskset", {
+    args: ["-c", CLIENT_CORES, "node", `${NODE_MODULES}/autocannon/autocannon.js`, "-j", "-c", "10", "-d", String(duration), ...h, url],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  try {
+    const j = JSON.parse(new TextDecoder().decode(out.stdout));
+    return {
+      requestsPerSec: j.requests?.average,
+      p50: j.latency?.p50,
+      p99: j.latency?.p99,
+      max: j.latency?.max,
+      errors: j.errors,
+      non2xx: j.non2xx,
+      total: j.requests?.total,
+    };
+  } catch {
+    return { error: `autocannon failed (${out.code})` };
+  }
+}
+
+async function w5(shared?: Map<string, Server>) {
+  if (!targets.includes("ours")) return;
+  const p = P.w5;
+  const out: Record<string, unknown> = {};
+  const haveAutocannon = await exists(`${NODE_MODULES}/autocannon/autocannon.js`);
+  const run = async (s: Server) => {
+    const catchup = await load(s, "catchup", { missed: p.missed, reps: p.reps }, 120);
+    out.catchup = catchup;
+    if (haveAutocannon && catchup.token) {
+      out.history = await autocannon(
+        `${s.url}/api/conversations/lobby/messages?limit=50`,
+        { authorization: `Bearer ${catchup.token}` },
+        p.duration,
+      );
+    }
+  };
+  if (shared?.get("ours")) await run(shared.get("ours")!);
+  else await withServer("ours", {}, run);
+  if (haveAutocannon) {
+    // The floor: a raw kv.list page from a tiny Deno server.
+    const port = await freePort();
+    const child = new Deno.Command("bash", {
+      args: [
+        "-c",
+        `exec taskset -c ${SERVER_CORES} deno run -A --unstable-kv ${BENCH}/peers/kv_history.ts ${port} ${tmp}/kvh-${port}.kv ${p.missed} >${tmp}/kvh.log 2>&1`,
+      ],
+      stdin: "null",
+    }).spawn();
+    try {
+      for (let i = 0; i < 100; i++) {
+        try {
+          const r = await fetch(`http://127.0.0.1:${port}/messages?limit=50`);
+          await r.body?.cancel();
+          break;
+        } catch {
+          await sleep(150);
+        }
+      }
+      out.rawKvList = await autocannon(`http://127.0.0.1:${port}/messages?limit=50`, {}, p.duration);
+    } finally {
+      child.kill("SIGTERM");
+      await child.status;
+    }
+  } else out.note = "autocannon not installed (npm install --prefix bench): history not measured";
+  results.w5 = out;
+}
+
+async function w6() {
+  if (!targets.includes("ours")) return;
+  const p = P.w6;
+  const out: Record<string, unknown> = {};
+  // One worker on core 0; two workers on both cores (this machine has two: the generator
+  // shares core 1 with the second worker, so the two-worker figure is a lower bound).
+  for (const [label, opts] of [["1 worker", { workers: 1 }], ["2 workers", { workers: 2, cores: "0,1" }]] as const) {
+    out[label] = await withServer("ours", opts, async (s) => ({
+      fanout: await load(s, "fanout", { clients: p.n, rates: p.rates.join(","), warmup: 1, seconds: 2, reps: p.reps }, 240),
+      burst: await load(s, "burst", { clients: p.n, bursts: p.bursts.join(","), reps: p.reps }, 240),
+    }));
+    console.error(`w6 ${label} done`);
+  }
+  results.w6 = out;
+}
+
+async function w7() {
+  const p = P.w7;
+  const out: Record<string, Record<string, Result>> = {};
+  for (const t of targets) {
+    // Ours keeps its default slow-consumer limit (4 MiB queued) here.
+    const env: Record<string, string> = t === "ours" ? { CHAT_MAX_BUFFERED_BYTES: String(4 << 20) } : {};
+    for (const slow of [0, 0.01]) {
+      const r: Result = await withServer(t, { env }, (s) =>
+        load(s, "fanout", {
+          clients: p.n,
+          rates: String(p.rate),
+          warmup: p.warmup,
+          seconds: p.seconds,
+          reps: p.reps,
+          pad: p.pad,
+          slow,
+          "p99-limit": 1e9,
+        }, 180));
+      (out[t] ??= {})[slow ? "slow" : "baseline"] = r;
+      console.error(`w7 ${t} slow=${slow}: done`);
+    }
+  }
+  results.w7 = out;
+}
+
+// ---- Reporting ----------------------------------------------------------------------------
+
+const fmt = (x: unknown, d = 1) =>
+  typeof x === "number" && Number.isFinite(x) ? String(round(x, d)) : x === undefined ? "–" : String(x);
+const k = (x: unknown) => typeof x === "number" && Number.isFinite(x) ? `${round(x / 1000, 1)}k` : "–";
+const ratio = (a: unknown, b: unknown) =>
+  typeof a === "number" && typeof b === "number" && b > 0 ? `${round(a / b, 2)}×` : "–";
+const label = (t: string) => TARGETS[t]?.label ?? t;
+
+function table(head: string[], rows: (string | number)[][]): string {
+  return [
+    `| ${head.join(" | ")} |`,
+    `| ${head.map(() => "---").join(" | ")} |`,
+    ...rows.map((r) => `| ${r.join(" | ")} |`),
+  ].join("\n");
+}
+
+// deno-lint-ignore no-explicit-any
+type Any = any;
+
+function stepAt(r: Any, rate: number): Any {
+  return r?.steps?.find((s: Any) => s.rate === rate);
+}
+
+function kneeStep(r: Any): Any {
+  return r?.steps?.find((s: Any) => s.rate === r.knee);
+}
+
+function markdown(): string {
+  const parts: string[] = [];
+  const w1 = results.w1 as Any;
+  if (w1) {
+    parts.push("### W1 group fan-out (open loop): knee = highest delivery rate with reach 1.000 and p99 ≤ 25 ms");
+    const rows: (string | number)[][] = [];
+    for (const n of P.w1.ns) {
+      const relayKnee = w1.relay?.[n]?.knee;
+      for (const t of targets) {
+        const r = w1[t]?.[n];
+        const s = kneeStep(r);
+        const f = r?.steps?.find((x: Any) => !x.pass);
+        rows.push([
+          n,
+          label(t),
+          r?.error ? `error: ${r.error}` : k(r?.knee),
+          ratio(r?.knee, relayKnee),
+          fmt(s?.reachMin, 3),
+          k(s?.deliveredPerSec),
+          `${fmt(s?.p50, 2)} / ${fmt(s?.p99, 2)} / ${fmt(s?.max, 1)}`,
+          fmt(s?.serverCpu, 0),
+          fmt(s?.serverPeakRssMB, 0),
+          `${fmt(s?.clientCpu, 0)}${s?.clientBound ? " client-bound" : ""}`,
+          f ? `${k(f.rate)}: reach ${fmt(f.reachMin, 3)}, p99 ${fmt(f.p99, 1)}, cli ${fmt(f.clientCpu, 0)}%` : "none (top step passed)",
+        ]);
+      }
+    }
+    parts.push(table([
+      "N",
+      "server",
+      "knee (deliveries/s)",
+      "vs relay",
+      "reach",
+      "delivered/s",
+      "p50 / p99 / max ms",
+      "server CPU %",
+      "peak RSS MB",
+      "client CPU %",
+      "first failing step",
+    ], rows));
+    const at = (t: string) => stepAt(w1[t]?.[500], 100_000);
+    if (P.w1.ns.includes(500)) {
+      parts.push("\nAt N = 500 and 100k deliveries/s:\n");
+      parts.push(table(
+        ["server", "reach", "delivered/s", "p50 / p99 / max ms", "server CPU %", "client CPU %"],
+        targets.map((t) => {
+          const s = at(t);
+          return s
+            ? [label(t), fmt(s.reachMin, 3), k(s.deliveredPerSec), `${fmt(s.p50, 2)} / ${fmt(s.p99, 2)} / ${fmt(s.max, 1)}`, fmt(s.serverCpu, 0), fmt(s.clientCpu, 0)]
+            : [label(t), "not reached (an earlier step failed)", "", "", "", ""];
+        }),
+      ));
+    }
+  }
+  const w2 = results.w2 as Any;
+  if (w2) {
+    parts.push("\n### W2 closed-loop rounds (every client sends one message; next round when all have all)");
+    const rows: (string | number)[][] = [];
+    for (const n of P.w2.ns) {
+      for (const t of targets) {
+        const r = w2[t]?.[n];
+        rows.push([
+          n,
+          label(t),
+          r?.error ? `error: ${r.error}` : fmt(r?.roundsPerSec, 1),
+          k(r?.deliveredPerSec),
+          ratio(r?.deliveredPerSec, w2.relay?.[n]?.deliveredPerSec),
+          fmt(r?.reach, 3),
+          `${fmt(r?.p50, 2)} / ${fmt(r?.p99, 2)} / ${fmt(r?.max, 1)}`,
+          fmt(r?.serverCpu, 0),
+          fmt(r?.serverPeakRssMB, 0),
+          `${fmt(r?.clientCpu, 0)}${r?.clientBound ? " client-bound" : ""}`,
+        ]);
+      }
+    }
+    parts.push(table([
+      "N",
+      "server",
+      "rounds/s",
+      "deliveries/s",
+      "vs relay",
+      "reach",
+      "p50 / p99 / max ms",
+      "server CPU %",
+      "peak RSS MB",
+      "client CPU %",
+    ], rows));
+  }
+  const w3 = results.w3 as Any;
+  if (w3) {
+    parts.push(`\n### W3 direct messages (ours; ${P.w3.n} online users, random pairs, 10 % to offline users)`);
+    if (w3.error) parts.push(`error: ${w3.error}`);
+    parts.push(table(
+      ["msgs/s offered", "reach (online)", "delivered/s", "p50 / p99 / max ms", "server CPU %", "peak RSS MB", "client CPU %", "pass (p99 ≤ 20 ms)"],
+      (w3.steps ?? []).map((s: Any) => [
+        k(s.rate),
+        fmt(s.reachMin, 3),
+        k(s.deliveredPerSec),
+        `${fmt(s.p50, 2)} / ${fmt(s.p99, 2)} / ${fmt(s.max, 1)}`,
+        fmt(s.serverCpu, 0),
+        fmt(s.serverPeakRssMB, 0),
+        `${fmt(s.clientCpu, 0)}${s.clientBound ? " client-bound" : ""}`,
+        s.pass ? "yes" : "no",
+      ]),
+    ));
+    if (w3.offline) {
+      parts.push(
+        `\nOffline users: ${w3.offline.users}; messages sent to them in the measured windows: ${w3.offline.sent}; ` +
+          `delivered on return: ${w3.offline.deliveredOnReturn} (reach ${fmt(w3.offline.reach, 3)}), ` +
+          `all back in ${fmt(w3.offline.returnMs, 0)} ms.`,
+      );
+    }
+  }
+  const w4 = results.w4 as Any;
+  if (w4) {
+    parts.push(`\n### W4 idle connections (${P.w4.n} signed-in sockets, nothing sent)`);
+    const relay = w4.relay;
+    parts.push(table(
+      ["server", "open all (ms)", "RSS / conn KB", "vs relay (KB)", "RSS before → after MB", "idle server CPU %", "still open", "client CPU % while opening"],
+      targets.map((t) => {
+        const r = w4[t];
+        if (!r || r.error) return [label(t), `error: ${r?.error}`, "", "", "", "", "", ""];
+        return [
+          label(t),
+          fmt(r.openMs, 0),
+          fmt(r.rssPerConnKB, 2),
+          relay && !relay.error ? `${r.rssPerConnKB - relay.rssPerConnKB >= 0 ? "+" : ""}${fmt(r.rssPerConnKB - relay.rssPerConnKB, 2)}` : "–",
+          `${fmt(r.rssBeforeMB, 0)} → ${fmt(r.rssAfterMB, 0)}`,
+          fmt(r.idleServerCpu, 2),
+          `${r.stillOpen}/${r.connections}`,
+          fmt(r.openClientCpu, 0),
+        ];
+      }),
+    ));
+  }
+  const w5 = results.w5 as Any;
+  if (w5) {
+    parts.push("\n### W5 history page (50 messages, HTTP, autocannon -c 10) and 300-message catch-up");
+    const h = w5.history;
+    const raw = w5.rawKvList;
+    if (h || raw) {
+      parts.push(table(
+        ["endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "errors / non-2xx"],
+        [
+          ["ours GET /api/conversations/lobby/messages?limit=50", fmt(h?.requestsPerSec, 0), fmt(h?.p50, 2), fmt(h?.p99, 2), fmt(h?.max, 1), `${h?.errors ?? "–"} / ${h?.non2xx ?? "–"}`],
+          ["raw kv.list (tiny Deno server)", fmt(raw?.requestsPerSec, 0), fmt(raw?.p50, 2), fmt(raw?.p99, 2), fmt(raw?.max, 1), `${raw?.errors ?? "–"} / ${raw?.non2xx ?? "–"}`],
+        ],
+      ));
+      if (typeof h?.p99 === "number" && typeof raw?.p99 === "number") {
+        parts.push(`\nTarget p99 ≤ 3 × ${raw.p99} + 2 = ${3 * raw.p99 + 2} ms: ours ${h.p99} ms.`);
+      }
+    }
+    if (w5.note) parts.push(w5.note);
+    const c = w5.catchup;
+    if (c) {
+      parts.push(
+        `\nCatch-up after missing ${c.missed} lobby messages (connect → welcome → resume → resumed): ` +
+          `median ${fmt(c.medianMs, 1)} ms over ${c.runs?.length ?? 0} runs ` +
+          `(${(c.runs ?? []).map((r: Any) => `${r.received} msgs in ${r.totalMs} ms`).join("; ")}).`,
+      );
+    }
+  }
+  const w6 = results.w6 as Any;
+  if (w6) {
+    parts.push(`\n### W6 one worker vs two (\`deno serve --parallel\`, DENO_JOBS=2), N = ${P.w6.n}`);
+    const one = w6["1 worker"];
+    const two = w6["2 workers"];
+    parts.push(table(
+      ["config", "fan-out knee", "vs 1 worker", "reach at knee", "p99 at knee ms", "server CPU %", "client CPU %"],
+      [["1 worker (core 0)", one], ["2 workers (cores 0-1, generator on core 1 too)", two]].map(([l, r]: Any) => {
+        const s = kneeStep(r?.fanout);
+        return [l, k(r?.fanout?.knee), ratio(r?.fanout?.knee, one?.fanout?.knee), fmt(s?.reachMin, 3), fmt(s?.p99, 2), fmt(s?.serverCpu, 0), fmt(s?.clientCpu, 0)];
+      }),
+    ));
+    parts.push("\nBursts (every message sent at once; time until every client has all of them):\n");
+    const rows: (string | number)[][] = [];
+    for (const [l, r] of [["1 worker", one], ["2 workers", two]] as [string, Any][]) {
+      for (const b of r?.burst?.bursts ?? []) {
+        rows.push([l, b.burst, fmt(b.reachMin, 3), fmt(b.ms, 1), k(b.deliveredPerSec), `${fmt(b.p50, 2)} / ${fmt(b.p99, 2)} / ${fmt(b.max, 1)}`, fmt(b.serverCpu, 0), fmt(b.clientCpu, 0)]);
+      }
+    }
+    parts.push(table(["config", "burst", "reach", "all delivered in ms", "deliveries/s", "p50 / p99 / max ms", "server CPU %", "client CPU %"], rows));
+  }
+  const w7 = results.w7 as Any;
+  if (w7) {
+    parts.push(
+      `\n### W7 slow consumers (N = ${P.w7.n}, ${k(P.w7.rate)} deliveries/s, ${P.w7.pad}-byte padding; 1 % extra clients stop reading)`,
+    );
+    parts.push(table(
+      ["server", "healthy p99 without → with ms", "ratio", "reach (healthy)", "peak RSS without → with MB", "slow clients closed by server", "client CPU %"],
+      targets.map((t) => {
+        const b = w7[t]?.baseline;
+        const s = w7[t]?.slow;
+        const bs = b?.steps?.[0];
+        const ss = s?.steps?.[0];
+        return [
+          label(t),
+          `${fmt(bs?.p99, 2)} → ${fmt(ss?.p99, 2)}`,
+          ratio(ss?.p99, bs?.p99),
+          fmt(ss?.reachMin, 3),
+          `${fmt(bs?.serverPeakRssMB, 0)} → ${fmt(ss?.serverPeakRssMB, 0)}`,
+          s?.slow ? `${s.slow.closedByServer}/${s.slow.slowClients}` : "–",
+          fmt(ss?.clientCpu, 0),
+        ];
+      }),
+    ));
+  }
+  return parts.join("\n");
+}
+
+// ---- Main ---------------------------------------------------------------------------------
+
+const needNode = targets.some((t) => TARGETS[t].node) || want("w5");
+await ensureNodeDeps(needNode);
+const env = await environment();
+console.error(`bench: targets ${targets.join(", ")}; ${quick ? "quick" : "full"} run; tmp ${tmp}`);
+let failed = false;
+const overBudget = () => quick && Date.now() - started > quickBudgetMs;
+try {
+  if (quick) {
+    // One server per target, shared by the workloads, to stay within a minute.
+    const shared = new Map<string, Server>();
+    try {
+      for (const t of targets) shared.set(t, await startServer(t));
+      if (want("w1")) await w1(shared);
+      if (want("w2") && !overBudget()) await w2(shared);
+      if (want("w3") && !overBudget()) await w3(shared);
+      if (want("w4") && !overBudget()) await w4(shared);
+      if (want("w5") && !overBudget()) await w5(shared);
+    } finally {
+      for (const s of shared.values()) await s.stop();
+    }
+    if (only?.has("w6")) await w6();
+    if (only?.has("w7")) await w7();
+  } else {
+    if (want("w1")) await w1();
+    if (want("w2")) await w2();
+    if (want("w3")) await w3();
+    if (want("w4")) await w4();
+    if (want("w5")) await w5();
+    if (want("w6")) await w6();
+    if (want("w7")) await w7();
+  }
+} catch (error) {
+  failed = true;
+  console.error(`bench: ${error instanceof Error ? error.stack : error}`);
+  results.error = String(error);
+}
+
+const errors = JSON.stringify(results).match(/"error":"[^"]*"/g) ?? [];
+if (errors.length) failed = true;
+const date = new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "");
+const doc = {
+  date: new Date().toISOString(),
+  quick,
+  durationS: round((Date.now() - started) / 1000, 1),
+  environment: env,
+  loadAverageAtEnd: await sh("cut -d' ' -f1-3 /proc/loadavg"),
+  params: P,
+  results,
+};
+const outDir = quick ? `${BENCH}/results/tmp` : `${BENCH}/results`;
+await Deno.mkdir(outDir, { recursive: true });
+const md = `## Benchmark ${doc.date}${quick ? " (quick)" : ""}\n\n` +
+  `Machine: ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB, Linux ${env.kernel}; load average at start ${env.loadAverageAtStart}.\n` +
+  `Versions: ${Object.entries(env.versions).map(([n, v]) => `${n} ${v}`).join(", ")}.\n` +
+  `Server on core ${SERVER_CORES}, generator on core ${CLIENT_CORES}. Command: \`${env.command}\`.\n\n` +
+  markdown() + "\n";
+await Deno.writeTextFile(`${outDir}/${date}.json`, JSON.stringify(doc, null, 2) + "\n");
+await Deno.writeTextFile(`${outDir}/${date}.md`, md);
+console.log(md);
+console.log(`results: ${outDir}/${date}.json (${doc.durationS} s)`);
+if (errors.length) console.error(`bench: ${errors.length} run(s) failed: ${errors.slice(0, 5).join(", ")}`);
+await Deno.remove(tmp, { recursive: true }).catch(() => {});
+Deno.exit(failed ? 1 : 0);

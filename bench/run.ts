@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { median, parseArgs, round, sleep } from "./lib.ts";
+import { cpuMs, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const BENCH = `${ROOT}/bench`;
@@ -82,7 +82,9 @@ const TARGETS: Record<string, TargetDef> = {
   relay: {
     name: "relay",
     label: "Deno relay",
-    cmd: (port) => ["deno", "run", "-A", `${BENCH}/peers/deno_relay.ts`, String(port)],
+    cmd: (
+      port,
+    ) => ["deno", "run", "-A", `${BENCH}/peers/deno_relay.ts`, String(port)],
   },
   ws: {
     name: "ws",
@@ -111,15 +113,22 @@ const TARGETS: Record<string, TargetDef> = {
 };
 
 const haveMain = await exists(`${ROOT}/main.ts`);
-const defaultTargets = quick ? ["ours", "relay"] : ["ours", "relay", "ws", "socketio", "uws", "bun"];
-const targets = (args.targets ? args.targets.split(",") : defaultTargets).filter((t) => {
-  if (!TARGETS[t]) throw new Error(`unknown target ${t}; known: ${Object.keys(TARGETS).join(", ")}`);
-  if (t === "ours" && !haveMain) {
-    console.error("main.ts does not exist yet: skipping ours");
-    return false;
-  }
-  return true;
-});
+const defaultTargets = quick
+  ? ["ours", "relay"]
+  : ["ours", "relay", "ws", "socketio", "uws", "bun"];
+const targets = (args.targets ? args.targets.split(",") : defaultTargets)
+  .filter((t) => {
+    if (!TARGETS[t]) {
+      throw new Error(
+        `unknown target ${t}; known: ${Object.keys(TARGETS).join(", ")}`,
+      );
+    }
+    if (t === "ours" && !haveMain) {
+      console.error("main.ts does not exist yet: skipping ours");
+      return false;
+    }
+    return true;
+  });
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -135,7 +144,7 @@ async function exists(path: string): Promise<boolean> {
 const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
 let nextPort = 20000 + Math.floor(Math.random() * 20000);
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   for (;;) {
     const port = nextPort++;
     try {
@@ -156,14 +165,22 @@ interface Server {
   stop(): Promise<void>;
 }
 
-async function startServer(name: string, opts: ServerOpts = {}): Promise<Server> {
+async function startServer(
+  name: string,
+  opts: ServerOpts = {},
+): Promise<Server> {
   const def = TARGETS[name];
-  const port = await freePort();
+  const port = freePort();
   const log = `${tmp}/${name}-${port}.log`;
   const cmd = def.cmd(port, opts);
   const cores = opts.cores ?? SERVER_CORES;
   const child = new Deno.Command("bash", {
-    args: ["-c", `${ULIMIT}; exec taskset -c ${cores} "$@" >${log} 2>&1`, "bash", ...cmd],
+    args: [
+      "-c",
+      `${ULIMIT}; exec taskset -c ${cores} "$@" >${log} 2>&1`,
+      "bash",
+      ...cmd,
+    ],
     cwd: ROOT,
     env: { ...(def.env?.(opts) ?? {}), NODE_PATH: NODE_MODULES },
     stdin: "null",
@@ -181,11 +198,15 @@ async function startServer(name: string, opts: ServerOpts = {}): Promise<Server>
     child,
     log,
     async stop() {
+      live.delete(server);
       if (exited) return;
       try {
         child.kill("SIGTERM");
       } catch { /* gone */ }
-      const done = await Promise.race([child.status.then(() => true), sleep(5000).then(() => false)]);
+      const done = await Promise.race([
+        child.status.then(() => true),
+        sleep(5000).then(() => false),
+      ]);
       if (!done) {
         try {
           child.kill("SIGKILL");
@@ -194,6 +215,7 @@ async function startServer(name: string, opts: ServerOpts = {}): Promise<Server>
       }
     },
   };
+  live.add(server);
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
     if (exited) break;
@@ -215,8 +237,68 @@ async function startServer(name: string, opts: ServerOpts = {}): Promise<Server>
 
 type Result = Record<string, unknown> & { error?: string };
 
+/** Every server started and not yet stopped, to stop them on SIGINT/SIGTERM. */
+const live = new Set<Server>();
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, async () => {
+    console.error(`bench: ${signal}: stopping ${live.size} server(s)`);
+    await Promise.all([...live].map((s) => s.stop()));
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    Deno.exit(130);
+  });
+}
+
+/** CPU (% of one core) used by other processes than `pids`, over `ms`. */
+async function otherCpu(pids: number[], ms = 1000): Promise<number> {
+  const mine = () => pids.reduce((a, p) => a + (cpuMs(p) || 0), 0);
+  const a0 = systemBusyMs();
+  const m0 = mine();
+  const t0 = performance.now();
+  await sleep(ms);
+  return Math.max(
+    0,
+    ((systemBusyMs() - a0 - (mine() - m0)) / (performance.now() - t0)) * 100,
+  );
+}
+
+const quietLimit = Number(args["quiet-limit"] ?? 15);
+const quietWaitS = Number(args["quiet-wait"] ?? (quick ? 0 : 120));
+const noiseLog: { at: string; otherCpu: number; waitedS: number }[] = [];
+
+/**
+ * Waits (up to --quiet-wait seconds) until other processes use less than --quiet-limit % of a
+ * core: this machine is shared, and a benchmark beside a test suite measures the test suite.
+ */
+async function waitQuiet(server: Server, what: string) {
+  if (quietWaitS <= 0) return;
+  const t0 = Date.now();
+  let other = await otherCpu([server.pid, Deno.pid]);
+  while (other > quietLimit && Date.now() - t0 < quietWaitS * 1000) {
+    if (Date.now() - t0 < 1500) {
+      console.error(
+        `bench: other processes use ${
+          round(other, 0)
+        }% CPU; waiting for quiet before ${what}`,
+      );
+    }
+    await sleep(2000);
+    other = await otherCpu([server.pid, Deno.pid]);
+  }
+  noiseLog.push({
+    at: what,
+    otherCpu: round(other, 1),
+    waitedS: round((Date.now() - t0) / 1000, 1),
+  });
+}
+
 /** Runs the load generator (pinned to the client cores) and returns its result line. */
-async function load(server: Server, mode: string, opts: Record<string, string | number>, timeoutS = 300): Promise<Result> {
+async function load(
+  server: Server,
+  mode: string,
+  opts: Record<string, string | number>,
+  timeoutS = 300,
+): Promise<Result> {
+  await waitQuiet(server, `${server.target} ${mode} ${opts.clients ?? ""}`);
   const flags = Object.entries(opts).flatMap(([k, v]) => [`--${k}`, String(v)]);
   const cmd = [
     "deno",
@@ -236,7 +318,12 @@ async function load(server: Server, mode: string, opts: Record<string, string | 
     ...flags,
   ];
   const child = new Deno.Command("bash", {
-    args: ["-c", `${ULIMIT}; exec taskset -c ${opts.cores ?? CLIENT_CORES} "$@"`, "bash", ...cmd],
+    args: [
+      "-c",
+      `${ULIMIT}; exec taskset -c ${opts.cores ?? CLIENT_CORES} "$@"`,
+      "bash",
+      ...cmd,
+    ],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
@@ -251,11 +338,17 @@ async function load(server: Server, mode: string, opts: Record<string, string | 
   clearTimeout(killer);
   const text = new TextDecoder().decode(out.stdout);
   const line = text.split("\n").find((l) => l.startsWith("RESULT "));
-  if (!line) return { error: `load generator exited ${out.code} without a result` };
+  if (!line) {
+    return { error: `load generator exited ${out.code} without a result` };
+  }
   return JSON.parse(line.slice(7));
 }
 
-async function withServer<T>(name: string, opts: ServerOpts, fn: (s: Server) => Promise<T>): Promise<T> {
+async function withServer<T>(
+  name: string,
+  opts: ServerOpts,
+  fn: (s: Server) => Promise<T>,
+): Promise<T> {
   const server = await startServer(name, opts);
   try {
     return await fn(server);
@@ -268,7 +361,11 @@ async function withServer<T>(name: string, opts: ServerOpts, fn: (s: Server) => 
 
 async function sh(cmd: string): Promise<string> {
   try {
-    const out = await new Deno.Command("bash", { args: ["-c", cmd], stdout: "piped", stderr: "null" }).output();
+    const out = await new Deno.Command("bash", {
+      args: ["-c", cmd],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
     return new TextDecoder().decode(out.stdout).trim();
   } catch {
     return "";
@@ -277,7 +374,9 @@ async function sh(cmd: string): Promise<string> {
 
 async function pkgVersion(name: string): Promise<string> {
   try {
-    return JSON.parse(await Deno.readTextFile(`${NODE_MODULES}/${name}/package.json`)).version;
+    return JSON.parse(
+      await Deno.readTextFile(`${NODE_MODULES}/${name}/package.json`),
+    ).version;
   } catch {
     return "not installed";
   }
@@ -285,7 +384,9 @@ async function pkgVersion(name: string): Promise<string> {
 
 async function ensureNodeDeps(needed: boolean) {
   if (!needed || await exists(`${NODE_MODULES}/.package-lock.json`)) return;
-  console.error("installing the peers' npm packages into bench/node_modules ...");
+  console.error(
+    "installing the peers' npm packages into bench/node_modules ...",
+  );
   const out = await new Deno.Command("npm", {
     args: ["install", "--no-audit", "--no-fund", "--prefix", BENCH],
     stdout: "inherit",
@@ -300,7 +401,10 @@ async function environment() {
   return {
     cpu: cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown",
     cores: navigator.hardwareConcurrency,
-    memoryGiB: round(Number(meminfo.match(/MemTotal:\s+(\d+)/)?.[1] ?? 0) / 1048576, 1),
+    memoryGiB: round(
+      Number(meminfo.match(/MemTotal:\s+(\d+)/)?.[1] ?? 0) / 1048576,
+      1,
+    ),
     kernel: await sh("uname -r"),
     loadAverageAtStart: await sh("cut -d' ' -f1-3 /proc/loadavg"),
     versions: {
@@ -310,9 +414,13 @@ async function environment() {
       bun: await sh(`${BUN} --version`),
       "socket.io": await pkgVersion("socket.io"),
       ws: await pkgVersion("ws"),
-      "@trufflesuite/uws-js-unofficial": await pkgVersion("@trufflesuite/uws-js-unofficial"),
+      "@trufflesuite/uws-js-unofficial": await pkgVersion(
+        "@trufflesuite/uws-js-unofficial",
+      ),
       autocannon: await pkgVersion("autocannon"),
-      hono: await sh(`grep -o 'npm:hono@[^"]*' ${ROOT}/deno.json | head -1 | cut -d@ -f2`),
+      hono: await sh(
+        `grep -o 'npm:hono@[^"]*' ${ROOT}/deno.json | head -1 | cut -d@ -f2`,
+      ),
     },
     pinning: { server: SERVER_CORES, client: CLIENT_CORES },
     command: `deno task bench ${Deno.args.join(" ")}`.trim(),
@@ -335,18 +443,42 @@ const P = quick
   : {
     w1: {
       ns: [100, 500, 1000],
-      rates: [25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000],
+      rates: [
+        25_000,
+        50_000,
+        75_000,
+        100_000,
+        150_000,
+        200_000,
+        250_000,
+        300_000,
+      ],
       warmup: 1,
       seconds: 2,
       reps: 3,
     },
     w2: { ns: [32, 100, 500], warmup: 1, seconds: 3, reps: 3 },
-    w3: { n: 1000, rates: [5_000, 10_000, 20_000, 30_000, 40_000, 50_000], warmup: 1, seconds: 2, reps: 3 },
+    w3: {
+      n: 1000,
+      rates: [5_000, 10_000, 20_000, 30_000, 40_000, 50_000],
+      warmup: 1,
+      seconds: 2,
+      reps: 3,
+    },
     w4: { n: 10_000, seconds: 5 },
     w5: { missed: 300, reps: 3, duration: 5 },
     w6: {
       n: 500,
-      rates: [25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000],
+      rates: [
+        25_000,
+        50_000,
+        75_000,
+        100_000,
+        150_000,
+        200_000,
+        250_000,
+        300_000,
+      ],
       bursts: [100, 300, 1000],
       reps: 3,
     },
@@ -356,8 +488,17 @@ const P = quick
 const results: Record<string, unknown> = {};
 const want = (w: string) => !only || only.has(w);
 
-function fanoutArgs(p: { rates: number[]; warmup: number; seconds: number; reps: number }, n: number) {
-  return { clients: n, rates: p.rates.join(","), warmup: p.warmup, seconds: p.seconds, reps: p.reps };
+function fanoutArgs(
+  p: { rates: number[]; warmup: number; seconds: number; reps: number },
+  n: number,
+) {
+  return {
+    clients: n,
+    rates: p.rates.join(","),
+    warmup: p.warmup,
+    seconds: p.seconds,
+    reps: p.reps,
+  };
 }
 
 /** W1: group fan-out, open loop, stepped rate; the knee per target and N. */
@@ -366,7 +507,9 @@ async function w1(shared?: Map<string, Server>) {
   for (const n of P.w1.ns) {
     for (const t of targets) {
       const run = (s: Server) => load(s, "fanout", fanoutArgs(P.w1, n), 240);
-      const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+      const r = shared?.get(t)
+        ? await run(shared.get(t)!)
+        : await withServer(t, {}, run);
       (out[t] ??= {})[n] = r;
       console.error(`w1 ${t} N=${n}: knee ${r.knee ?? r.error}`);
     }
@@ -379,10 +522,19 @@ async function w2(shared?: Map<string, Server>) {
   for (const n of P.w2.ns) {
     for (const t of targets) {
       const run = (s: Server) =>
-        load(s, "rounds", { clients: n, warmup: P.w2.warmup, seconds: P.w2.seconds, reps: P.w2.reps }, 180);
-      const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+        load(s, "rounds", {
+          clients: n,
+          warmup: P.w2.warmup,
+          seconds: P.w2.seconds,
+          reps: P.w2.reps,
+        }, 180);
+      const r = shared?.get(t)
+        ? await run(shared.get(t)!)
+        : await withServer(t, {}, run);
       (out[t] ??= {})[n] = r;
-      console.error(`w2 ${t} N=${n}: ${r.deliveredPerSec ?? r.error} deliveries/s`);
+      console.error(
+        `w2 ${t} N=${n}: ${r.deliveredPerSec ?? r.error} deliveries/s`,
+      );
     }
   }
   results.w2 = out;
@@ -401,25 +553,53 @@ async function w3(shared?: Map<string, Server>) {
       "p99-limit": 20,
       offline: 0.1,
     }, 300);
-  results.w3 = shared?.get("ours") ? await run(shared.get("ours")!) : await withServer("ours", {}, run);
+  results.w3 = shared?.get("ours")
+    ? await run(shared.get("ours")!)
+    : await withServer("ours", {}, run);
 }
 
 async function w4(shared?: Map<string, Server>) {
   const out: Record<string, Result> = {};
   for (const t of targets) {
     const run = (s: Server) =>
-      load(s, "idle", { clients: P.w4.n, seconds: P.w4.seconds, concurrency: 500 }, 240);
-    out[t] = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
-    console.error(`w4 ${t}: ${out[t].rssPerConnKB ?? out[t].error} KB/conn, open ${out[t].openMs} ms`);
+      load(s, "idle", {
+        clients: P.w4.n,
+        seconds: P.w4.seconds,
+        concurrency: 500,
+      }, 240);
+    out[t] = shared?.get(t)
+      ? await run(shared.get(t)!)
+      : await withServer(t, {}, run);
+    console.error(
+      `w4 ${t}: ${out[t].rssPerConnKB ?? out[t].error} KB/conn, open ${
+        out[t].openMs
+      } ms`,
+    );
   }
   results.w4 = out;
 }
 
 /** Runs autocannon (pinned to the client core) against a URL; latency in ms. */
-async function autocannon(url: string, headers: Record<string, string>, duration: number): Promise<Result> {
+async function autocannon(
+  url: string,
+  headers: Record<string, string>,
+  duration: number,
+): Promise<Result> {
   const h = Object.entries(headers).flatMap(([k, v]) => ["-H", `${k}=${v}`]);
   const out = await new Deno.Command("taskset", {
-    args: ["-c", CLIENT_CORES, "node", `${NODE_MODULES}/autocannon/autocannon.js`, "-j", "-c", "10", "-d", String(duration), ...h, url],
+    args: [
+      "-c",
+      CLIENT_CORES,
+      "node",
+      `${NODE_MODULES}/autocannon/autocannon.js`,
+      "-j",
+      "-c",
+      "10",
+      "-d",
+      String(duration),
+      ...h,
+      url,
+    ],
     stdout: "piped",
     stderr: "null",
   }).output();
@@ -443,9 +623,16 @@ async function w5(shared?: Map<string, Server>) {
   if (!targets.includes("ours")) return;
   const p = P.w5;
   const out: Record<string, unknown> = {};
-  const haveAutocannon = await exists(`${NODE_MODULES}/autocannon/autocannon.js`);
+  const haveAutocannon = await exists(
+    `${NODE_MODULES}/autocannon/autocannon.js`,
+  );
   const run = async (s: Server) => {
-    const catchup = await load(s, "catchup", { missed: p.missed, reps: p.reps }, 120);
+    const catchup = await load(
+      s,
+      "catchup",
+      { missed: p.missed, reps: p.reps },
+      120,
+    );
     out.catchup = catchup;
     if (haveAutocannon && catchup.token) {
       out.history = await autocannon(
@@ -459,7 +646,7 @@ async function w5(shared?: Map<string, Server>) {
   else await withServer("ours", {}, run);
   if (haveAutocannon) {
     // The floor: a raw kv.list page from a tiny Deno server.
-    const port = await freePort();
+    const port = freePort();
     const child = new Deno.Command("bash", {
       args: [
         "-c",
@@ -477,12 +664,17 @@ async function w5(shared?: Map<string, Server>) {
           await sleep(150);
         }
       }
-      out.rawKvList = await autocannon(`http://127.0.0.1:${port}/messages?limit=50`, {}, p.duration);
+      out.rawKvList = await autocannon(
+        `http://127.0.0.1:${port}/messages?limit=50`,
+        {},
+        p.duration,
+      );
     } finally {
       child.kill("SIGTERM");
       await child.status;
     }
-  } else out.note = "autocannon not installed (npm install --prefix bench): history not measured";
+  } else {out.note =
+      "autocannon not installed (npm install --prefix bench): history not measured";}
   results.w5 = out;
 }
 
@@ -492,10 +684,25 @@ async function w6() {
   const out: Record<string, unknown> = {};
   // One worker on core 0; two workers on both cores (this machine has two: the generator
   // shares core 1 with the second worker, so the two-worker figure is a lower bound).
-  for (const [label, opts] of [["1 worker", { workers: 1 }], ["2 workers", { workers: 2, cores: "0,1" }]] as const) {
+  for (
+    const [label, opts] of [["1 worker", { workers: 1 }], ["2 workers", {
+      workers: 2,
+      cores: "0,1",
+    }]] as const
+  ) {
     out[label] = await withServer("ours", opts, async (s) => ({
-      fanout: await load(s, "fanout", { clients: p.n, rates: p.rates.join(","), warmup: 1, seconds: 2, reps: p.reps }, 240),
-      burst: await load(s, "burst", { clients: p.n, bursts: p.bursts.join(","), reps: p.reps }, 240),
+      fanout: await load(s, "fanout", {
+        clients: p.n,
+        rates: p.rates.join(","),
+        warmup: 1,
+        seconds: 2,
+        reps: p.reps,
+      }, 240),
+      burst: await load(s, "burst", {
+        clients: p.n,
+        bursts: p.bursts.join(","),
+        reps: p.reps,
+      }, 240),
     }));
     console.error(`w6 ${label} done`);
   }
@@ -507,7 +714,9 @@ async function w7() {
   const out: Record<string, Record<string, Result>> = {};
   for (const t of targets) {
     // Ours keeps its default slow-consumer limit (4 MiB queued) here.
-    const env: Record<string, string> = t === "ours" ? { CHAT_MAX_BUFFERED_BYTES: String(4 << 20) } : {};
+    const env: Record<string, string> = t === "ours"
+      ? { CHAT_MAX_BUFFERED_BYTES: String(4 << 20) }
+      : {};
     for (const slow of [0, 0.01]) {
       const r: Result = await withServer(t, { env }, (s) =>
         load(s, "fanout", {
@@ -530,10 +739,17 @@ async function w7() {
 // ---- Reporting ----------------------------------------------------------------------------
 
 const fmt = (x: unknown, d = 1) =>
-  typeof x === "number" && Number.isFinite(x) ? String(round(x, d)) : x === undefined ? "–" : String(x);
-const k = (x: unknown) => typeof x === "number" && Number.isFinite(x) ? `${round(x / 1000, 1)}k` : "–";
+  typeof x === "number" && Number.isFinite(x)
+    ? String(round(x, d))
+    : x === undefined
+    ? "–"
+    : String(x);
+const k = (x: unknown) =>
+  typeof x === "number" && Number.isFinite(x) ? `${round(x / 1000, 1)}k` : "–";
 const ratio = (a: unknown, b: unknown) =>
-  typeof a === "number" && typeof b === "number" && b > 0 ? `${round(a / b, 2)}×` : "–";
+  typeof a === "number" && typeof b === "number" && b > 0
+    ? `${round(a / b, 2)}×`
+    : "–";
 const label = (t: string) => TARGETS[t]?.label ?? t;
 
 function table(head: string[], rows: (string | number)[][]): string {
@@ -559,7 +775,9 @@ function markdown(): string {
   const parts: string[] = [];
   const w1 = results.w1 as Any;
   if (w1) {
-    parts.push("### W1 group fan-out (open loop): knee = highest delivery rate with reach 1.000 and p99 ≤ 25 ms");
+    parts.push(
+      "### W1 group fan-out (open loop): knee = highest delivery rate with reach 1.000 and p99 ≤ 25 ms",
+    );
     const rows: (string | number)[][] = [];
     for (const n of P.w1.ns) {
       const relayKnee = w1.relay?.[n]?.knee;
@@ -578,7 +796,12 @@ function markdown(): string {
           fmt(s?.serverCpu, 0),
           fmt(s?.serverPeakRssMB, 0),
           `${fmt(s?.clientCpu, 0)}${s?.clientBound ? " client-bound" : ""}`,
-          f ? `${k(f.rate)}: reach ${fmt(f.reachMin, 3)}, p99 ${fmt(f.p99, 1)}, cli ${fmt(f.clientCpu, 0)}%` : "none (top step passed)",
+          fmt(s?.otherCpu, 0),
+          f
+            ? `${k(f.rate)}: reach ${fmt(f.reachMin, 3)}, p99 ${
+              fmt(f.p99, 1)
+            }, cli ${fmt(f.clientCpu, 0)}%`
+            : "none (top step passed)",
         ]);
       }
     }
@@ -593,25 +816,49 @@ function markdown(): string {
       "server CPU %",
       "peak RSS MB",
       "client CPU %",
+      "other CPU %",
       "first failing step",
     ], rows));
     const at = (t: string) => stepAt(w1[t]?.[500], 100_000);
     if (P.w1.ns.includes(500)) {
       parts.push("\nAt N = 500 and 100k deliveries/s:\n");
       parts.push(table(
-        ["server", "reach", "delivered/s", "p50 / p99 / max ms", "server CPU %", "client CPU %"],
+        [
+          "server",
+          "reach",
+          "delivered/s",
+          "p50 / p99 / max ms",
+          "server CPU %",
+          "client CPU %",
+        ],
         targets.map((t) => {
           const s = at(t);
           return s
-            ? [label(t), fmt(s.reachMin, 3), k(s.deliveredPerSec), `${fmt(s.p50, 2)} / ${fmt(s.p99, 2)} / ${fmt(s.max, 1)}`, fmt(s.serverCpu, 0), fmt(s.clientCpu, 0)]
-            : [label(t), "not reached (an earlier step failed)", "", "", "", ""];
+            ? [
+              label(t),
+              fmt(s.reachMin, 3),
+              k(s.deliveredPerSec),
+              `${fmt(s.p50, 2)} / ${fmt(s.p99, 2)} / ${fmt(s.max, 1)}`,
+              fmt(s.serverCpu, 0),
+              fmt(s.clientCpu, 0),
+            ]
+            : [
+              label(t),
+              "not reached (an earlier step failed)",
+              "",
+              "",
+              "",
+              "",
+            ];
         }),
       ));
     }
   }
   const w2 = results.w2 as Any;
   if (w2) {
-    parts.push("\n### W2 closed-loop rounds (every client sends one message; next round when all have all)");
+    parts.push(
+      "\n### W2 closed-loop rounds (every client sends one message; next round when all have all)",
+    );
     const rows: (string | number)[][] = [];
     for (const n of P.w2.ns) {
       for (const t of targets) {
@@ -627,6 +874,7 @@ function markdown(): string {
           fmt(r?.serverCpu, 0),
           fmt(r?.serverPeakRssMB, 0),
           `${fmt(r?.clientCpu, 0)}${r?.clientBound ? " client-bound" : ""}`,
+          fmt(r?.otherCpu, 0),
         ]);
       }
     }
@@ -641,14 +889,26 @@ function markdown(): string {
       "server CPU %",
       "peak RSS MB",
       "client CPU %",
+      "other CPU %",
     ], rows));
   }
   const w3 = results.w3 as Any;
   if (w3) {
-    parts.push(`\n### W3 direct messages (ours; ${P.w3.n} online users, random pairs, 10 % to offline users)`);
+    parts.push(
+      `\n### W3 direct messages (ours; ${P.w3.n} online users, random pairs, 10 % to offline users)`,
+    );
     if (w3.error) parts.push(`error: ${w3.error}`);
     parts.push(table(
-      ["msgs/s offered", "reach (online)", "delivered/s", "p50 / p99 / max ms", "server CPU %", "peak RSS MB", "client CPU %", "pass (p99 ≤ 20 ms)"],
+      [
+        "msgs/s offered",
+        "reach (online)",
+        "delivered/s",
+        "p50 / p99 / max ms",
+        "server CPU %",
+        "peak RSS MB",
+        "client CPU %",
+        "pass (p99 ≤ 20 ms)",
+      ],
       (w3.steps ?? []).map((s: Any) => [
         k(s.rate),
         fmt(s.reachMin, 3),
@@ -663,25 +923,44 @@ function markdown(): string {
     if (w3.offline) {
       parts.push(
         `\nOffline users: ${w3.offline.users}; messages sent to them in the measured windows: ${w3.offline.sent}; ` +
-          `delivered on return: ${w3.offline.deliveredOnReturn} (reach ${fmt(w3.offline.reach, 3)}), ` +
+          `delivered on return: ${w3.offline.deliveredOnReturn} (reach ${
+            fmt(w3.offline.reach, 3)
+          }), ` +
           `all back in ${fmt(w3.offline.returnMs, 0)} ms.`,
       );
     }
   }
   const w4 = results.w4 as Any;
   if (w4) {
-    parts.push(`\n### W4 idle connections (${P.w4.n} signed-in sockets, nothing sent)`);
+    parts.push(
+      `\n### W4 idle connections (${P.w4.n} signed-in sockets, nothing sent)`,
+    );
     const relay = w4.relay;
     parts.push(table(
-      ["server", "open all (ms)", "RSS / conn KB", "vs relay (KB)", "RSS before → after MB", "idle server CPU %", "still open", "client CPU % while opening"],
+      [
+        "server",
+        "open all (ms)",
+        "RSS / conn KB",
+        "vs relay (KB)",
+        "RSS before → after MB",
+        "idle server CPU %",
+        "still open",
+        "client CPU % while opening",
+      ],
       targets.map((t) => {
         const r = w4[t];
-        if (!r || r.error) return [label(t), `error: ${r?.error}`, "", "", "", "", "", ""];
+        if (!r || r.error) {
+          return [label(t), `error: ${r?.error}`, "", "", "", "", "", ""];
+        }
         return [
           label(t),
           fmt(r.openMs, 0),
           fmt(r.rssPerConnKB, 2),
-          relay && !relay.error ? `${r.rssPerConnKB - relay.rssPerConnKB >= 0 ? "+" : ""}${fmt(r.rssPerConnKB - relay.rssPerConnKB, 2)}` : "–",
+          relay && !relay.error
+            ? `${r.rssPerConnKB - relay.rssPerConnKB >= 0 ? "+" : ""}${
+              fmt(r.rssPerConnKB - relay.rssPerConnKB, 2)
+            }`
+            : "–",
           `${fmt(r.rssBeforeMB, 0)} → ${fmt(r.rssAfterMB, 0)}`,
           fmt(r.idleServerCpu, 2),
           `${r.stillOpen}/${r.connections}`,
@@ -692,19 +971,39 @@ function markdown(): string {
   }
   const w5 = results.w5 as Any;
   if (w5) {
-    parts.push("\n### W5 history page (50 messages, HTTP, autocannon -c 10) and 300-message catch-up");
+    parts.push(
+      "\n### W5 history page (50 messages, HTTP, autocannon -c 10) and 300-message catch-up",
+    );
     const h = w5.history;
     const raw = w5.rawKvList;
     if (h || raw) {
       parts.push(table(
         ["endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "errors / non-2xx"],
         [
-          ["ours GET /api/conversations/lobby/messages?limit=50", fmt(h?.requestsPerSec, 0), fmt(h?.p50, 2), fmt(h?.p99, 2), fmt(h?.max, 1), `${h?.errors ?? "–"} / ${h?.non2xx ?? "–"}`],
-          ["raw kv.list (tiny Deno server)", fmt(raw?.requestsPerSec, 0), fmt(raw?.p50, 2), fmt(raw?.p99, 2), fmt(raw?.max, 1), `${raw?.errors ?? "–"} / ${raw?.non2xx ?? "–"}`],
+          [
+            "ours GET /api/conversations/lobby/messages?limit=50",
+            fmt(h?.requestsPerSec, 0),
+            fmt(h?.p50, 2),
+            fmt(h?.p99, 2),
+            fmt(h?.max, 1),
+            `${h?.errors ?? "–"} / ${h?.non2xx ?? "–"}`,
+          ],
+          [
+            "raw kv.list (tiny Deno server)",
+            fmt(raw?.requestsPerSec, 0),
+            fmt(raw?.p50, 2),
+            fmt(raw?.p99, 2),
+            fmt(raw?.max, 1),
+            `${raw?.errors ?? "–"} / ${raw?.non2xx ?? "–"}`,
+          ],
         ],
       ));
       if (typeof h?.p99 === "number" && typeof raw?.p99 === "number") {
-        parts.push(`\nTarget p99 ≤ 3 × ${raw.p99} + 2 = ${3 * raw.p99 + 2} ms: ours ${h.p99} ms.`);
+        parts.push(
+          `\nTarget p99 ≤ 3 × ${raw.p99} + 2 = ${
+            3 * raw.p99 + 2
+          } ms: ours ${h.p99} ms.`,
+        );
       }
     }
     if (w5.note) parts.push(w5.note);
@@ -713,38 +1012,97 @@ function markdown(): string {
       parts.push(
         `\nCatch-up after missing ${c.missed} lobby messages (connect → welcome → resume → resumed): ` +
           `median ${fmt(c.medianMs, 1)} ms over ${c.runs?.length ?? 0} runs ` +
-          `(${(c.runs ?? []).map((r: Any) => `${r.received} msgs in ${r.totalMs} ms`).join("; ")}).`,
+          `(${
+            (c.runs ?? []).map((r: Any) =>
+              `${r.received} msgs in ${r.totalMs} ms`
+            ).join("; ")
+          }).`,
       );
     }
   }
   const w6 = results.w6 as Any;
   if (w6) {
-    parts.push(`\n### W6 one worker vs two (\`deno serve --parallel\`, DENO_JOBS=2), N = ${P.w6.n}`);
+    parts.push(
+      `\n### W6 one worker vs two (\`deno serve --parallel\`, DENO_JOBS=2), N = ${P.w6.n}`,
+    );
     const one = w6["1 worker"];
     const two = w6["2 workers"];
     parts.push(table(
-      ["config", "fan-out knee", "vs 1 worker", "reach at knee", "p99 at knee ms", "server CPU %", "client CPU %"],
-      [["1 worker (core 0)", one], ["2 workers (cores 0-1, generator on core 1 too)", two]].map(([l, r]: Any) => {
+      [
+        "config",
+        "fan-out knee",
+        "vs 1 worker",
+        "reach at knee",
+        "p99 at knee ms",
+        "server CPU %",
+        "client CPU %",
+      ],
+      [["1 worker (core 0)", one], [
+        "2 workers (cores 0-1, generator on core 1 too)",
+        two,
+      ]].map(([l, r]: Any) => {
         const s = kneeStep(r?.fanout);
-        return [l, k(r?.fanout?.knee), ratio(r?.fanout?.knee, one?.fanout?.knee), fmt(s?.reachMin, 3), fmt(s?.p99, 2), fmt(s?.serverCpu, 0), fmt(s?.clientCpu, 0)];
+        return [
+          l,
+          k(r?.fanout?.knee),
+          ratio(r?.fanout?.knee, one?.fanout?.knee),
+          fmt(s?.reachMin, 3),
+          fmt(s?.p99, 2),
+          fmt(s?.serverCpu, 0),
+          fmt(s?.clientCpu, 0),
+        ];
       }),
     ));
-    parts.push("\nBursts (every message sent at once; time until every client has all of them):\n");
+    parts.push(
+      "\nBursts (every message sent at once; time until every client has all of them):\n",
+    );
     const rows: (string | number)[][] = [];
-    for (const [l, r] of [["1 worker", one], ["2 workers", two]] as [string, Any][]) {
+    for (
+      const [l, r] of [["1 worker", one], ["2 workers", two]] as [string, Any][]
+    ) {
       for (const b of r?.burst?.bursts ?? []) {
-        rows.push([l, b.burst, fmt(b.reachMin, 3), fmt(b.ms, 1), k(b.deliveredPerSec), `${fmt(b.p50, 2)} / ${fmt(b.p99, 2)} / ${fmt(b.max, 1)}`, fmt(b.serverCpu, 0), fmt(b.clientCpu, 0)]);
+        rows.push([
+          l,
+          b.burst,
+          fmt(b.reachMin, 3),
+          fmt(b.ms, 1),
+          k(b.deliveredPerSec),
+          `${fmt(b.p50, 2)} / ${fmt(b.p99, 2)} / ${fmt(b.max, 1)}`,
+          fmt(b.serverCpu, 0),
+          fmt(b.clientCpu, 0),
+        ]);
       }
     }
-    parts.push(table(["config", "burst", "reach", "all delivered in ms", "deliveries/s", "p50 / p99 / max ms", "server CPU %", "client CPU %"], rows));
+    parts.push(
+      table([
+        "config",
+        "burst",
+        "reach",
+        "all delivered in ms",
+        "deliveries/s",
+        "p50 / p99 / max ms",
+        "server CPU %",
+        "client CPU %",
+      ], rows),
+    );
   }
   const w7 = results.w7 as Any;
   if (w7) {
     parts.push(
-      `\n### W7 slow consumers (N = ${P.w7.n}, ${k(P.w7.rate)} deliveries/s, ${P.w7.pad}-byte padding; 1 % extra clients stop reading)`,
+      `\n### W7 slow consumers (N = ${P.w7.n}, ${
+        k(P.w7.rate)
+      } deliveries/s, ${P.w7.pad}-byte padding; 1 % extra clients stop reading)`,
     );
     parts.push(table(
-      ["server", "healthy p99 without → with ms", "ratio", "reach (healthy)", "peak RSS without → with MB", "slow clients closed by server", "client CPU %"],
+      [
+        "server",
+        "healthy p99 without → with ms",
+        "ratio",
+        "reach (healthy)",
+        "peak RSS without → with MB",
+        "slow clients closed by server",
+        "client CPU %",
+      ],
       targets.map((t) => {
         const b = w7[t]?.baseline;
         const s = w7[t]?.slow;
@@ -770,7 +1128,11 @@ function markdown(): string {
 const needNode = targets.some((t) => TARGETS[t].node) || want("w5");
 await ensureNodeDeps(needNode);
 const env = await environment();
-console.error(`bench: targets ${targets.join(", ")}; ${quick ? "quick" : "full"} run; tmp ${tmp}`);
+console.error(
+  `bench: targets ${targets.join(", ")}; ${
+    quick ? "quick" : "full"
+  } run; tmp ${tmp}`,
+);
 let failed = false;
 const overBudget = () => quick && Date.now() - started > quickBudgetMs;
 try {
@@ -814,19 +1176,29 @@ const doc = {
   environment: env,
   loadAverageAtEnd: await sh("cut -d' ' -f1-3 /proc/loadavg"),
   params: P,
+  backgroundCpuBeforeRuns: noiseLog,
   results,
 };
 const outDir = quick ? `${BENCH}/results/tmp` : `${BENCH}/results`;
 await Deno.mkdir(outDir, { recursive: true });
 const md = `## Benchmark ${doc.date}${quick ? " (quick)" : ""}\n\n` +
   `Machine: ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB, Linux ${env.kernel}; load average at start ${env.loadAverageAtStart}.\n` +
-  `Versions: ${Object.entries(env.versions).map(([n, v]) => `${n} ${v}`).join(", ")}.\n` +
+  `Versions: ${
+    Object.entries(env.versions).map(([n, v]) => `${n} ${v}`).join(", ")
+  }.\n` +
   `Server on core ${SERVER_CORES}, generator on core ${CLIENT_CORES}. Command: \`${env.command}\`.\n\n` +
   markdown() + "\n";
-await Deno.writeTextFile(`${outDir}/${date}.json`, JSON.stringify(doc, null, 2) + "\n");
+await Deno.writeTextFile(
+  `${outDir}/${date}.json`,
+  JSON.stringify(doc, null, 2) + "\n",
+);
 await Deno.writeTextFile(`${outDir}/${date}.md`, md);
 console.log(md);
 console.log(`results: ${outDir}/${date}.json (${doc.durationS} s)`);
-if (errors.length) console.error(`bench: ${errors.length} run(s) failed: ${errors.slice(0, 5).join(", ")}`);
+if (errors.length) {
+  console.error(
+    `bench: ${errors.length} run(s) failed: ${errors.slice(0, 5).join(", ")}`,
+  );
+}
 await Deno.remove(tmp, { recursive: true }).catch(() => {});
 Deno.exit(failed ? 1 : 0);

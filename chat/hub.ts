@@ -82,6 +82,9 @@ export const CLOSE_RESUME_FAILED = 1011;
 /** Close code on shutdown: reconnect (to another instance, or this one once restarted). */
 export const CLOSE_RESTARTING = 1012;
 
+/** Most messages read from the log at once to fill a gap. */
+const GAP_CHUNK = 500;
+
 interface Held {
   conv: ConversationId;
   /** The frame's sequence: it is dropped at release when the resume already covered it. */
@@ -415,12 +418,16 @@ export class Hub {
 
   // ---- ordered fan-out --------------------------------------------------------------------
 
+  /**
+   * The fan-out state of a conversation, created from where its connections are: they are all
+   * live (or held) and need everything after their cursor, however far the log has gone.
+   */
   #stateOf(conv: ConversationId, room: Set<Member>, seq: number): ConvState {
     let state = this.#convs.get(conv);
     if (!state) {
       let min = Infinity;
       for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
-      const fanned = Math.max(min === Infinity ? seq : min, seq - this.#options.resumeLimit);
+      const fanned = min === Infinity ? seq : min;
       state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
       this.#convs.set(conv, state);
     }
@@ -469,7 +476,8 @@ export class Hub {
           this.#deliver(conv, state, batch);
           continue;
         }
-        let upto = state.target;
+        // Read the gap in chunks: a bus that dropped a burst can leave thousands missing.
+        let upto = Math.min(state.target, state.fanned + GAP_CHUNK);
         for (const s of state.stash.keys()) {
           if (s > state.fanned && s - 1 < upto) upto = s - 1;
         }

@@ -19,6 +19,7 @@ import { createLogger } from "./logger.ts";
 import { MessageLog } from "./message_log.ts";
 import { Metrics } from "./metrics.ts";
 import { ChatService } from "./service.ts";
+import { withSpanSync } from "./telemetry.ts";
 
 /** Options of {@linkcode createNode}. */
 export interface NodeOptions {
@@ -64,12 +65,16 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
       case "kv":
         return new KvBus(kv, { node: id, appendsInLog: true });
       case "redis":
-        return new RedisBus({ url: config.REDIS_URL, node: id });
+        return new RedisBus({
+          url: config.REDIS_URL,
+          node: id,
+          channel: config.CHAT_REDIS_CHANNEL,
+        });
       default:
         throw new TypeError(`Unknown bus: ${kind}`);
     }
   });
-  const bus = new MultiBus(buses);
+  const bus = metrics.measure(new MultiBus(buses));
   const relay = buses.some((b) => b instanceof KvBus);
   // The hub is created below; the log calls it on each commit.
   // deno-lint-ignore prefer-const -- assigned once the log exists: the log calls the hub.
@@ -80,7 +85,11 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
     relay: relay ? { node: id } : undefined,
     onCommit(messages, ms) {
       metrics.kvWriteMs.observe(ms);
-      hub.appended(messages);
+      withSpanSync(
+        "chat.fanout",
+        { "chat.messages": messages.length },
+        () => hub.appended(messages),
+      );
     },
   });
   hub = new Hub({

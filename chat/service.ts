@@ -42,6 +42,7 @@ import type {
   UserInfo,
 } from "./protocol.ts";
 import { KeyedLimiter, TokenBucket } from "./rate_limit.ts";
+import { withSpan } from "./telemetry.ts";
 
 /** What the service needs. */
 export interface ServiceDeps {
@@ -398,7 +399,19 @@ export class ChatService {
    * @throws {ChatError} `not_found` (no such conversation, or not yours), `forbidden` (blocked),
    * `too_large`, `bad_frame`
    */
-  async post(
+  post(user: UserRecord, input: PostInput, connId?: string): Promise<ServerFrameOf<"ack">> {
+    return withSpan("chat.post", { "chat.transport": connId ? "socket" : "api" }, async (span) => {
+      const ack = await this.#post(user, input, connId);
+      span?.setAttributes({
+        "chat.conv.kind": parseConversation(ack.conv).kind,
+        "chat.seq": ack.seq,
+        "chat.duplicate": ack.duplicate ?? false,
+      });
+      return ack;
+    });
+  }
+
+  async #post(
     user: UserRecord,
     input: PostInput,
     connId?: string,
@@ -419,14 +432,19 @@ export class ChatService {
       throw new ChatError("bad_frame", "Invalid send frame: expected conv or to");
     }
     await this.#authorizePost(user, conv, connId);
-    const { message, duplicate } = await this.#deps.log.append({
-      conv,
-      id: input.id,
-      from: user.id,
-      name: user.name,
-      text: input.text,
-      kind: "text",
-    });
+    const { message, duplicate } = await withSpan(
+      "chat.kv.append",
+      {},
+      () =>
+        this.#deps.log.append({
+          conv,
+          id: input.id,
+          from: user.id,
+          name: user.name,
+          text: input.text,
+          kind: "text",
+        }),
+    );
     const ack: ServerFrameOf<"ack"> = {
       type: "ack",
       id: input.id,

@@ -477,30 +477,52 @@ Deno.test("invalid UTF-8 in a text frame ends that socket (1007 or a drop); the 
 
 // ---- generated frames ----------------------------------------------------------------------
 
-function frameArbitrary(ids: { convs: string[]; users: string[]; groups: string[] }) {
-  const types = [...Object.keys(CLIENT_FRAME_SCHEMAS), "Send", "send ", "", "ping\u0000"];
+interface Pools {
+  convs: string[];
+  users: string[];
+  groups: string[];
+}
+
+/**
+ * Frames: mostly well-formed frames of every type with values near the valid ones (so the
+ * handlers behind the parser are reached), some with a field broken or added, some mutated at
+ * the byte level, some arbitrary JSON and some arbitrary text.
+ */
+function frameArbitrary(pools: Pools) {
   const number = fc.oneof(
-    fc.integer(),
-    fc.nat({ max: 50 }),
-    fc.double(),
-    fc.constantFrom(0, -1, 1.5, 2 ** 53, 2 ** 53 + 2, 1e308, -1e308, Number.MIN_VALUE),
+    { weight: 4, arbitrary: fc.nat({ max: 50 }) },
+    { weight: 1, arbitrary: fc.integer() },
+    { weight: 1, arbitrary: fc.double() },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(-1, 1.5, 2 ** 53, 2 ** 53 + 2, 1e308, -1e308, Number.MIN_VALUE),
+    },
   );
   const text = fc.oneof(
-    fc.string({ maxLength: 40 }),
-    fc.string({ unit: "binary", maxLength: 40 }),
-    fc.string({ unit: "grapheme", maxLength: 20 }),
-    fc.constantFrom(" ", "\u0000", "\u200b", "€".repeat(700), "a\ud800", "\u001b[31m"),
+    { weight: 4, arbitrary: fc.string({ minLength: 1, maxLength: 40 }) },
+    { weight: 1, arbitrary: fc.string({ unit: "binary", maxLength: 40 }) },
+    { weight: 1, arbitrary: fc.string({ unit: "grapheme", maxLength: 20 }) },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(" ", "\u0000", "\u200b", "€".repeat(700), "a\ud800", "\u001b[31m"),
+    },
   );
   const id = fc.oneof(
-    fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/),
-    fc.constantFrom(...ids.users, ...ids.groups, "x".repeat(65), "", "a b"),
-    text,
+    { weight: 3, arbitrary: fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/) },
+    { weight: 3, arbitrary: fc.constantFrom(...pools.users, ...pools.groups) },
+    { weight: 1, arbitrary: fc.constantFrom("x".repeat(65), "", "a b", "../etc") },
+    { weight: 1, arbitrary: text },
   );
   const conv = fc.oneof(
-    fc.constantFrom(...ids.convs),
-    fc.stringMatching(/^(g:[A-Za-z0-9_-]{1,64}|d:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64})$/),
-    text,
-  ).filter((c) => c !== "lobby");
+    { weight: 4, arbitrary: fc.constantFrom(...pools.convs) },
+    {
+      weight: 2,
+      arbitrary: fc.stringMatching(
+        /^(g:[A-Za-z0-9_-]{1,64}|d:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64})$/,
+      ),
+    },
+    { weight: 1, arbitrary: text },
+  ).filter((c) => c !== "lobby"); // the one conversation the other user would see
   const anything = fc.oneof(
     { depthSize: "small" },
     text,
@@ -509,39 +531,50 @@ function frameArbitrary(ids: { convs: string[]; users: string[]; groups: string[
     fc.constant(null),
     fc.jsonValue({ maxDepth: 6 }),
   );
-  const fields = fc.record(
-    {
-      id,
-      conv,
-      to: id,
-      text,
-      group: id,
-      user: id,
-      name: text,
-      public: fc.oneof(fc.boolean(), anything),
-      before: number,
-      limit: number,
-      seq: number,
-      t: number,
-      since: fc.oneof(fc.dictionary(conv, number, { maxKeys: 3 }), anything),
-    },
-    { requiredKeys: [] },
-  );
-  const structured = fc.tuple(
-    fc.constantFrom(...types),
-    fields,
-    fc.dictionary(fc.string({ maxLength: 8 }), anything, { maxKeys: 2 }),
-    fc.boolean(),
-  ).map(([type, f, extra, withExtra]) =>
-    JSON.stringify(withExtra ? { ...extra, type, ...f } : { type, ...f })
-  );
-  const mutated = fc.tuple(structured, fc.nat(), fc.string({ unit: "binary", maxLength: 3 }))
-    .map(([json, at, insert]) => {
-      const i = at % (json.length + 1);
-      return json.slice(0, i) + insert + json.slice(i + (at % 3));
+  const good: Record<string, fc.Arbitrary<unknown>> = {
+    id,
+    conv,
+    to: id,
+    text,
+    group: fc.oneof(fc.constantFrom(...pools.groups), id),
+    user: fc.oneof(fc.constantFrom(...pools.users), id),
+    name: text,
+    public: fc.boolean(),
+    before: number,
+    limit: number,
+    seq: number,
+    t: number,
+    since: fc.dictionary(conv, number, { maxKeys: 3 }),
+  };
+  const perType = Object.entries(CLIENT_FRAME_SCHEMAS).map(([type, schema]) => {
+    const shape = schema.shape as Record<string, { safeParse(v: unknown): { success: boolean } }>;
+    const keys = Object.keys(shape).filter((k) => k !== "type");
+    const fields = Object.fromEntries(keys.map((k) => [k, good[k] ?? anything]));
+    const required = keys.filter((k) => !shape[k].safeParse(undefined).success);
+    return fc.record(fields, { requiredKeys: required }).map((f) => ({ ...f, type }));
+  });
+  const wellFormed = fc.oneof(...perType);
+  const broken = fc.tuple(
+    wellFormed,
+    fc.constantFrom("type", "id", "conv", "text", "group", "seq", "extra", "__proto__", "since"),
+    anything,
+  ).map(([frame, key, value]) => ({ ...frame, [key]: value }));
+  const unknownType = fc.tuple(
+    fc.constantFrom("Send", "send ", "", "ping\u0000", "constructor", "hasOwnProperty"),
+    fc.dictionary(fc.string({ maxLength: 8 }), anything, { maxKeys: 3 }),
+  ).map(([type, rest]) => ({ ...rest, type }));
+  const json = fc.oneof(
+    { weight: 6, arbitrary: wellFormed },
+    { weight: 3, arbitrary: broken },
+    { weight: 1, arbitrary: unknownType },
+  ).map((frame) => JSON.stringify(frame));
+  const mutated = fc.tuple(json, fc.nat(), fc.string({ unit: "binary", maxLength: 3 }))
+    .map(([frame, at, insert]) => {
+      const i = at % (frame.length + 1);
+      return frame.slice(0, i) + insert + frame.slice(i + (at % 3));
     });
   return fc.oneof(
-    { weight: 5, arbitrary: structured },
+    { weight: 6, arbitrary: json },
     { weight: 2, arbitrary: mutated },
     { weight: 1, arbitrary: fc.json({ maxDepth: 8 }) },
     { weight: 1, arbitrary: fc.string({ unit: "binary", maxLength: 200 }) },
@@ -550,69 +583,103 @@ function frameArbitrary(ids: { convs: string[]; users: string[]; groups: string[
 
 Deno.test("generated frames: 10,000 of them (seeded), every bad one answered, nothing harmed", async () => {
   await using server = await startServer({ config: quiet });
-  await using fuzzer = await user(server, "fuzz");
   await using other = await user(server, "other");
-  const own = await privateGroup(fuzzer, "mine");
-  const outsider = await privateGroup(other, "theirs");
-  await other.post("lobby", "stored before");
-  const before = {
-    lobby: await historyOf(other, "lobby"),
-    group: await historyOf(other, outsider),
+  const signed = await signIn(server.url, uniqueName("fuzz"));
+  const me = signed.user.id;
+  // Frames go out on a raw socket: one write each (the runtime's client splits larger frames
+  // and waits on delayed ACKs, 40 ms a frame), and exactly the bytes generated.
+  const fuzzer = await RawSocket.open(server, signed.token);
+  const inbox: Frame[] = [];
+  const awaitFrame = async (match: (f: Frame) => boolean) => {
+    for (;;) {
+      const frame = await fuzzer.read();
+      assert.ok(frame, "the fuzzed connection was closed");
+      assert.equal(frame.opcode, 1, `opcode ${frame.opcode}`);
+      const parsed = JSON.parse(new TextDecoder().decode(frame.payload)) as Frame;
+      inbox.push(parsed);
+      if (match(parsed)) return parsed;
+    }
   };
-  await forget(other);
-  const arbitrary = frameArbitrary({
-    convs: [own, outsider, "g:nothere", `d:${fuzzer.id}:${fuzzer.id}`, "d:aaa:zzz"],
-    users: [fuzzer.id, "nobody"],
-    groups: [own.slice(2), outsider.slice(2), "nothere"],
-  });
-  let sent = 0;
-  let expectedParseErrors = 0;
-  const codes = new Map<string, number>();
-  await fc.assert(
-    fc.asyncProperty(arbitrary, async (text) => {
-      sent++;
-      // What the server receives: the runtime sends lone surrogates as U+FFFD.
-      const expected = parseOutcome(text.toWellFormed());
-      if (expected) expectedParseErrors++;
-      const mark = fuzzer.frames.length;
-      fuzzer.send(text);
-      await settle(fuzzer);
-      // Parse errors are answered before the pong that follows them.
-      const answered = fuzzer.frames.slice(mark).filter((f) => f.type === "error");
-      if (expected) {
-        assert.ok(
-          answered.some((f) => f.code === expected),
-          `expected ${expected} for ${JSON.stringify(text).slice(0, 200)}`,
-        );
-      }
-      for (const f of answered) {
-        codes.set(f.code, (codes.get(f.code) ?? 0) + 1);
-        assert.ok((ERROR_CODES as readonly string[]).includes(f.code), f.code);
-        assert.notEqual(f.code, "internal", `internal error for ${JSON.stringify(text)}`);
-        assert.notEqual(f.code, "rate_limited");
-        assert.equal(typeof f.message, "string");
-      }
-      // Keep the queue short; everything counted is in `codes`.
-      fuzzer.frames.splice(0, fuzzer.frames.length);
-    }),
-    { seed: SEED, numRuns: FUZZ_RUNS, endOnFailure: true },
-  );
-  assert.equal(sent, FUZZ_RUNS);
-  assert.ok(expectedParseErrors > FUZZ_RUNS / 2, `only ${expectedParseErrors} bad frames`);
-  for (const code of PARSE_CODES) assert.ok((codes.get(code) ?? 0) > 0, `no ${code} seen`);
-  // Late answers (after KV reads) must not be internal errors either.
-  await new Promise((r) => setTimeout(r, 200));
-  await settle(fuzzer);
-  assert.deepEqual(fuzzer.frames.filter((f) => f.type === "error" && f.code === "internal"), []);
-  // The others saw nothing, and nothing stored was lost.
-  await settle(other);
-  const stray = other.frames.filter((f) => f.type !== "presence");
-  assert.deepEqual(stray, []);
-  assert.deepEqual(await historyOf(other, "lobby"), before.lobby);
-  assert.deepEqual(await historyOf(other, outsider), before.group);
-  await other.post("lobby", "after the storm");
-  await fuzzer.next("message", (f) => f.text === "after the storm");
-  const health = await fetch(`${server.url}/healthz`);
-  assert.equal(health.status, 200);
-  await health.body?.cancel();
+  let t = 0;
+  const roundTrip = async () => {
+    const mark = ++t;
+    await fuzzer.send(1, encoder.encode(JSON.stringify({ type: "ping", t: mark })));
+    await awaitFrame((f) => f.type === "pong" && f.t === mark);
+  };
+  try {
+    await awaitFrame((f) => f.type === "welcome");
+    await fuzzer.send(1, encoder.encode('{"type":"resume","since":{}}'));
+    const name = `g${randomId(6)}`;
+    await fuzzer.send(1, encoder.encode(JSON.stringify({ type: "group.create", name })));
+    const own = (await awaitFrame((f) => f.type === "conversation")).conversation.id as string;
+    const outsider = await privateGroup(other, "theirs");
+    await other.post("lobby", "stored before");
+    const before = {
+      lobby: await historyOf(other, "lobby"),
+      group: await historyOf(other, outsider),
+    };
+    await forget(other);
+    const arbitrary = frameArbitrary({
+      convs: [own, outsider, "g:nothere", `d:${me}:${me}`, "d:aaa:zzz"],
+      users: [me, "nobody"],
+      groups: [own.slice(2), outsider.slice(2), "nothere"],
+    });
+    let sent = 0;
+    let expectedParseErrors = 0;
+    let reachedHandlers = 0;
+    const codes = new Map<string, number>();
+    await fc.assert(
+      fc.asyncProperty(arbitrary, async (text) => {
+        sent++;
+        // The bytes sent: lone surrogates become U+FFFD in UTF-8.
+        const expected = parseOutcome(text.toWellFormed());
+        if (expected) expectedParseErrors++;
+        else reachedHandlers++;
+        inbox.length = 0;
+        await fuzzer.send(1, encoder.encode(text));
+        await roundTrip();
+        // Parse errors are answered at once, before the pong that follows them.
+        const errors = inbox.filter((f) => f.type === "error");
+        if (expected) {
+          assert.ok(
+            errors.some((f) => f.code === expected),
+            `expected ${expected} for ${JSON.stringify(text).slice(0, 300)}`,
+          );
+        }
+        for (const f of errors) {
+          codes.set(f.code, (codes.get(f.code) ?? 0) + 1);
+          assert.ok((ERROR_CODES as readonly string[]).includes(f.code), f.code);
+          assert.notEqual(f.code, "internal", `internal error for ${JSON.stringify(text)}`);
+          assert.notEqual(f.code, "rate_limited");
+          assert.ok(typeof f.message === "string" && f.message.length > 0);
+        }
+      }),
+      { seed: SEED, numRuns: FUZZ_RUNS, endOnFailure: true },
+    );
+    assert.equal(sent, FUZZ_RUNS);
+    assert.ok(expectedParseErrors > FUZZ_RUNS / 5, `only ${expectedParseErrors} bad frames`);
+    assert.ok(reachedHandlers > FUZZ_RUNS / 5, `only ${reachedHandlers} frames parsed`);
+    for (const code of [...PARSE_CODES, "not_found"]) {
+      assert.ok((codes.get(code) ?? 0) > 0, `no ${code} seen: ${JSON.stringify([...codes])}`);
+    }
+    // Late answers (after KV reads) must not be internal errors either.
+    inbox.length = 0;
+    await new Promise((r) => setTimeout(r, 300));
+    await roundTrip();
+    assert.deepEqual(inbox.filter((f) => f.type === "error" && f.code === "internal"), []);
+    // The others saw nothing, and nothing stored was lost.
+    await settle(other);
+    assert.deepEqual(other.frames.filter((f) => f.type !== "presence"), []);
+    assert.deepEqual(await historyOf(other, "lobby"), before.lobby);
+    assert.deepEqual(await historyOf(other, outsider), before.group);
+    await other.post("lobby", "after the storm");
+    await awaitFrame((f) => f.type === "message" && f.text === "after the storm");
+    const health = await fetch(`${server.url}/healthz`);
+    assert.equal(health.status, 200);
+    await health.body?.cancel();
+    await fuzzer.send(8, new Uint8Array([0x03, 0xe8]));
+    assert.equal(await fuzzer.closeCode(), 1000);
+  } finally {
+    fuzzer.close();
+  }
 });

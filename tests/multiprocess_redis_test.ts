@@ -271,9 +271,9 @@ async function seesOnline(client: TestClient, user: string): Promise<boolean> {
 }
 
 /**
- * Kills Redis, sends a DM and a group message through A while it is down (both stored: acked),
- * waits `downMs`, starts Redis again, and checks that B's client receives both exactly once and
- * in order, with no new message to trigger a repair.
+ * Kills Redis, sends a DM and a group message through A and a group message through B while it
+ * is down (all stored: acked), waits `downMs`, starts Redis again, and checks that each arrives on
+ * the other process exactly once, with no new message to trigger a repair.
  */
 async function outage(c: Cluster, tag: string, downMs: number): Promise<void> {
   const { redis, a, b, ca, cb, dm, group } = c;
@@ -293,6 +293,7 @@ async function outage(c: Cluster, tag: string, downMs: number): Promise<void> {
   assert.ok(dmAck.seq > 0 && groupAck.seq > 0);
   const carol = await signIn(b.url, uniqueName("carol"));
   assert.ok(carol.token, "B signs in users while Redis is down");
+  const fromB = await cb.post(group, `from B during ${tag}`, `gb-${tag}`);
   await sleep(downMs);
 
   await redis.start();
@@ -306,6 +307,8 @@ async function outage(c: Cluster, tag: string, downMs: number): Promise<void> {
   const gotGroup = await cb.next("message", (f) => f.id === `g-${tag}`, 15_000);
   assert.equal(gotDm.seq, dmAck.seq);
   assert.equal(gotGroup.seq, groupAck.seq);
+  // The other way too: B's message reaches A.
+  assert.equal((await ca.next("message", (f) => f.id === `gb-${tag}`, 15_000)).seq, fromB.seq);
 
   // And the bus carries new messages again.
   await ca.post(dm, `dm after ${tag}`, `dm-after-${tag}`);
@@ -325,8 +328,6 @@ async function outage(c: Cluster, tag: string, downMs: number): Promise<void> {
 
 Deno.test({
   name: "two processes on Redis and one KV file: DM, group, presence, metrics, Redis restart",
-  sanitizeResources: true,
-  sanitizeOps: true,
   async fn() {
     await using c = await cluster();
     const { a, b, ann, bob, ca, cb } = c;
@@ -362,8 +363,8 @@ Deno.test({
 
 Deno.test({
   name: "an outage longer than the 10 s heads window loses nothing",
-  // TODO(lead): enable once the hub repairs its rooms from KV after the bus reconnects
-  // (see the report: Hub#beat forgets conversations after 10 s, so a message stored during a
+  // TODO(lead): remove `ignore` once the hub repairs its rooms from KV when its bus is healthy
+  // again (Hub#beat forgets conversations after 10 s, so without it a message stored during a
   // longer outage reaches B's live client only with the conversation's next message).
   ignore: Deno.env.get("CHAT_TEST_LONG_OUTAGE") !== "1",
   async fn() {
@@ -374,8 +375,8 @@ Deno.test({
 
 Deno.test({
   name: "only the sender loses Redis for longer than 10 s: nothing is lost",
-  // TODO(lead): enable with the test above, once the hub keeps its recent heads while its bus is
-  // down and republishes them after it reconnects (see the report).
+  // TODO(lead): remove `ignore` with the test above, once the hub keeps its recent heads while
+  // its bus is down and repeats them for 10 s after it is back.
   ignore: Deno.env.get("CHAT_TEST_LONG_OUTAGE") !== "1",
   async fn() {
     await using c = await cluster({ proxyA: true });
@@ -392,4 +393,131 @@ Deno.test({
     assert.equal((await cb.next("message", (f) => f.id === "dm-cut", 15_000)).seq, dmAck.seq);
     assert.equal((await cb.next("message", (f) => f.id === "g-cut", 15_000)).seq, groupAck.seq);
   },
+});
+
+/** A server started by an arbitrary command line in the repository root. */
+async function spawnServer(
+  args: string[],
+  env: Record<string, string>,
+  port: number,
+): Promise<{ url: string; ws: string; output: () => string; stop: () => Promise<number> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { CHAT_SIGNIN_PER_MINUTE: "10000", ...env, PORT: String(port) },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const decoder = new TextDecoder();
+  const pumps = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+    for await (const chunk of stream) text += decoder.decode(chunk);
+  }));
+  let exited = false;
+  const status = child.status.finally(() => exited = true);
+  const url = `http://127.0.0.1:${port}`;
+  const stop = async () => {
+    if (!exited) child.kill("SIGTERM");
+    const { code } = await status;
+    await pumps;
+    return code;
+  };
+  try {
+    await until(
+      async () => {
+        if (exited) throw new Error(`exited early:\n${text}`);
+        try {
+          const res = await fetch(`${url}/healthz`);
+          await res.body?.cancel();
+          return res.ok;
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+      `${args.join(" ")} to answer /healthz`,
+    );
+  } catch (error) {
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await pumps;
+    throw error;
+  }
+  return { url, ws: url.replace("http", "ws"), output: () => text, stop };
+}
+
+/** Two clients on `server` exchange a DM; the JSON log shows no permission prompt or error. */
+async function chatWorks(server: { url: string; ws: string }): Promise<void> {
+  const ann = await signIn(server.url, uniqueName("ann"));
+  const bob = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, ann.token);
+  await using cb = await TestClient.connect(server, bob.token);
+  await ca.post({ to: bob.user.id }, "least privilege", "lp-1");
+  await cb.next("message", (f) => f.id === "lp-1", 10_000);
+  const page = await fetch(`${server.url}/`);
+  assert.equal(page.status, 200, "static files are readable");
+  await page.body?.cancel();
+}
+
+Deno.test("least privilege: the minimal flags serve with Redis, a KV file and OTEL", async () => {
+  await using redis = new RedisServer();
+  await redis.start();
+  const dir = await Deno.makeTempDir({ prefix: "chat-perm-" });
+  try {
+    const port = freePort();
+    const server = await spawnServer(
+      [
+        "serve",
+        "--parallel",
+        "--allow-net",
+        "--allow-env",
+        `--allow-read=static,${dir}`,
+        `--allow-write=${dir}`,
+        "--port",
+        String(port),
+        "main.ts",
+      ],
+      {
+        CHAT_KV_PATH: `${dir}/chat.kv`,
+        CHAT_BUS: "broadcast,kv,redis",
+        REDIS_URL: redis.url,
+        DENO_JOBS: "2",
+        OTEL_DENO: "true",
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${freePort()}`,
+      },
+      port,
+    );
+    await chatWorks(server);
+    assert.equal(await server.stop(), 0);
+    assert.ok(
+      !/NotCapable|PermissionDenied|Requires \S+ access/.test(server.output()),
+      server.output(),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("least privilege: `deno task start` serves with Redis and a KV file", async () => {
+  await using redis = new RedisServer();
+  await redis.start();
+  const dir = await Deno.makeTempDir({ prefix: "chat-task-" });
+  try {
+    const port = freePort();
+    const server = await spawnServer(["task", "start"], {
+      CHAT_KV_PATH: `${dir}/chat.kv`,
+      CHAT_BUS: "broadcast,kv,redis",
+      REDIS_URL: redis.url,
+      DENO_JOBS: "2",
+    }, port);
+    await chatWorks(server);
+    assert.equal(await server.stop(), 0);
+    assert.ok(
+      !/NotCapable|PermissionDenied|Requires \S+ access/.test(server.output()),
+      server.output(),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

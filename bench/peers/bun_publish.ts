@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-explicit-any
 // Bun peer (npm package `bun`): every client subscribes to one topic on open; a text frame is
 // published to it with server.publish (sender included).
 // Run: bench/node_modules/bun/bin/bun.exe bench/peers/bun_publish.ts <port>

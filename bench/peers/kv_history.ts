@@ -29,12 +29,18 @@ for (let seq = 1; seq <= count; seq += 100) {
   await op.commit();
 }
 
-Deno.serve({ port, hostname: "127.0.0.1", onListen: () => console.log(`kv_history listening on ${port}`) }, async (req) => {
+Deno.serve({
+  port,
+  hostname: "127.0.0.1",
+  onListen: () => console.log(`kv_history listening on ${port}`),
+}, async (req) => {
   const url = new URL(req.url);
   if (url.pathname !== "/messages") return new Response("kv history\n");
   const limit = Math.min(200, Number(url.searchParams.get("limit") ?? 50));
   const messages = [];
-  for await (const entry of kv.list({ prefix: ["msg", conv] }, { limit, reverse: true })) {
+  for await (
+    const entry of kv.list({ prefix: ["msg", conv] }, { limit, reverse: true })
+  ) {
     messages.push(entry.value);
   }
   messages.reverse();

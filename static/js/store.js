@@ -294,11 +294,11 @@ export function clearMessages(convId) {
   c.loadingOlder = false;
 }
 
-/** Keeps only the newest messages of a conversation that is no longer open. */
-export function trim(convId) {
+/** Keeps only the newest `keep` messages of a conversation (older ones can be fetched again). */
+export function trim(convId, keep = KEEP_CLOSED) {
   const c = state.convs.get(convId);
-  if (!c || c.msgs.length <= KEEP_CLOSED) return;
-  for (const m of c.msgs.splice(0, c.msgs.length - KEEP_CLOSED)) c.bySeq.delete(m.seq);
+  if (!c || c.msgs.length <= keep) return;
+  for (const m of c.msgs.splice(0, c.msgs.length - keep)) c.bySeq.delete(m.seq);
   c.more = true;
 }
 

@@ -81,15 +81,24 @@ export function toast(message, kind = "info") {
   setTimeout(() => el.remove(), 4000);
 }
 
-/** Schedules `fn` once per animation frame, however often it is asked for. */
+/**
+ * Schedules `fn` once per animation frame, however often it is asked for. Hidden tabs get no
+ * animation frames, so there a timer is used: the tab title's unread count must still update.
+ */
 export function frameScheduler(fn) {
   let pending = false;
+  const run = () => {
+    if (!pending) return;
+    pending = false;
+    fn();
+  };
   return () => {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => {
-      pending = false;
-      fn();
-    });
+    if (document.hidden) setTimeout(run, 50);
+    else {
+      requestAnimationFrame(run);
+      setTimeout(run, 250); // In case the tab is hidden before the frame comes.
+    }
   };
 }

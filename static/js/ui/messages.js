@@ -14,6 +14,8 @@ import { avatar, dayKey, dayLabel, fullTime, noticeText, richText, time } from "
 const GROUP_GAP_MS = 5 * 60_000;
 const NEAR_BOTTOM_PX = 48;
 const NEAR_TOP_PX = 200;
+/** Messages kept on screen while following the newest. */
+const MAX_ROWS = 1000;
 
 let conv = null;
 let nodes = new Map();
@@ -146,7 +148,7 @@ function createRow(row) {
         data: { seq: String(m.seq), id: m.id },
         attrs: { title: fullTime(m.ts) },
       },
-      h("span", { text: `${noticeText(m)} · ${time(m.ts)}` }),
+      h("span", {}, richText(noticeText(m)), ` · ${time(m.ts)}`),
     );
   }
   const timeEl = h("time", {
@@ -237,6 +239,8 @@ function render() {
     return;
   }
   const keep = stick ? null : anchor();
+  // Following a busy conversation at the bottom: keep the DOM small.
+  if (stick && c.msgs.length > MAX_ROWS) store.trim(c.id, MAX_ROWS / 2);
   const rows = buildRows(c);
   reconcile(items, rows, nodes, (r) => r.key, createRow, updateRow);
   renderStatus(c);

@@ -176,7 +176,9 @@ function createConv(c) {
     badge: h("span", { class: "badge", testid: "unread-badge", hidden: true }),
   };
   const av = c.kind === "direct"
-    ? avatar(c.peer?.id ?? c.id, store.titleOf(c), { presenceUser: c.peer?.id })
+    ? avatar(c.peer?.id ?? c.id, store.titleOf(c), {
+      presenceUser: store.isNotices(c.id) ? undefined : c.peer?.id,
+    })
     : avatar(c.id, store.titleOf(c), { kind: c.kind });
   const button = h(
     "button",

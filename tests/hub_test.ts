@@ -1,0 +1,455 @@
+/**
+ * The hub as pure logic: several hubs on a `LocalNetwork` (or a KV relay), one message log on an
+ * in-memory KV, and fake connections that record their frames. No sockets.
+ */
+import assert from "node:assert/strict";
+import type { Bus, Envelope } from "../chat/bus.ts";
+import { LocalNetwork, MultiBus } from "../chat/bus.ts";
+import { KvBus } from "../chat/bus_kv.ts";
+import type { Connection, HubLog } from "../chat/hub.ts";
+import { CLOSE_RESTARTING, CLOSE_SLOW_CONSUMER, Hub } from "../chat/hub.ts";
+import { MessageLog } from "../chat/message_log.ts";
+import type { ChatMessage, ServerFrame, UserInfo } from "../chat/protocol.ts";
+
+// deno-lint-ignore no-explicit-any
+type Frame = ServerFrame & Record<string, any>;
+
+let connCounter = 0;
+
+/** A connection that records frames; `buffered` makes it look slow. */
+class FakeConn implements Connection {
+  readonly id = `c${++connCounter}`;
+  readonly user: UserInfo;
+  readonly frames: Frame[] = [];
+  buffered = 0;
+  closed: { code: number; reason: string } | null = null;
+
+  constructor(user: string) {
+    this.user = { id: user, name: user.toUpperCase() };
+  }
+
+  send(data: string): void {
+    if (this.closed) return;
+    this.frames.push(JSON.parse(data));
+  }
+
+  bufferedAmount(): number {
+    return this.buffered;
+  }
+
+  close(code: number, reason: string): void {
+    this.closed ??= { code, reason };
+  }
+
+  /** Sequences of the message frames of `conv`, in arrival order. */
+  seqs(conv: string): number[] {
+    return this.frames.filter((f) => f.type === "message" && f.conv === conv).map((f) => f.seq);
+  }
+}
+
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await delay(5);
+  }
+}
+
+interface TestNode {
+  hub: Hub;
+  log: MessageLog;
+  bus: Bus;
+}
+
+/** Hubs sharing one log of record; each has its own `MessageLog` writer, as isolates do. */
+async function cluster(
+  n: number,
+  options: {
+    network?: LocalNetwork;
+    buses?: (i: number, kv: Deno.Kv) => Bus;
+    relay?: boolean;
+    resumeLimit?: number;
+    maxBufferedBytes?: number;
+    heartbeatMs?: number;
+    holdMs?: number;
+    logOf?: (log: MessageLog) => HubLog;
+  } = {},
+) {
+  const kv = await Deno.openKv(":memory:");
+  const network = options.network ?? new LocalNetwork();
+  const nodes: TestNode[] = [];
+  for (let i = 0; i < n; i++) {
+    const bus = options.buses?.(i, kv) ?? network.join();
+    let hub!: Hub;
+    const log = new MessageLog(kv, {
+      retentionCount: 100_000,
+      retentionMs: 86_400_000,
+      relay: options.relay ? { node: `n${i}` } : undefined,
+      onCommit: (messages) => hub.appended(messages),
+    });
+    hub = new Hub({
+      node: `n${i}`,
+      log: options.logOf?.(log) ?? log,
+      bus,
+      maxBufferedBytes: options.maxBufferedBytes ?? 1 << 20,
+      resumeLimit: options.resumeLimit ?? 500,
+      heartbeatMs: options.heartbeatMs,
+      holdMs: options.holdMs,
+    });
+    nodes.push({ hub, log, bus });
+  }
+  let posted = 0;
+  return {
+    kv,
+    network,
+    nodes,
+    /** Appends a message through node `i`'s log. */
+    post(i: number, conv: string, text = "hi", from = "u0"): Promise<ChatMessage> {
+      const id = `m${++posted}`;
+      return nodes[i].log.append({ conv, id, from, name: from, text, kind: "text" })
+        .then((r) => r.message);
+    },
+    async close() {
+      await delay(10);
+      for (const node of nodes) node.hub.close();
+      for (const node of nodes) await node.log.close();
+      for (const node of nodes) await node.bus.close();
+      await delay(10);
+      kv.close();
+    },
+  };
+}
+
+/** Attaches a connection that is live at once (as after a `resume` with nothing to replay). */
+function attachLive(hub: Hub, conn: FakeConn, cursors: Record<string, number>): void {
+  hub.attach(conn, new Map(Object.entries(cursors)));
+  hub.live(conn.id);
+}
+
+Deno.test("hub: fans out every message once, in order, on every node", async () => {
+  const c = await cluster(3);
+  const conns = c.nodes.map((n, i) => {
+    const conn = new FakeConn(`u${i}`);
+    attachLive(n.hub, conn, { lobby: 0 });
+    return conn;
+  });
+  await Promise.all(range(1, 300).map((i) => c.post(i % 3, "lobby", `m${i}`)));
+  await until(() => conns.every((conn) => conn.seqs("lobby").length >= 300), "delivery");
+  await delay(20);
+  for (const conn of conns) assert.deepEqual(conn.seqs("lobby"), range(1, 300));
+  await c.close();
+});
+
+Deno.test("hub: notices dropped by the bus are filled from the log (gap fill)", async () => {
+  const c = await cluster(3, { heartbeatMs: 30 });
+  let n = 0;
+  // Drop two appends out of three: the next notice or a heartbeat shows the gap.
+  c.network.drop = (e: Envelope) => e.k === "append" && n++ % 3 !== 0;
+  for (const node of c.nodes) node.hub.start();
+  const conns = c.nodes.map((node, i) => {
+    const conn = new FakeConn(`u${i}`);
+    attachLive(node.hub, conn, { lobby: 0, "g:x": 0 });
+    return conn;
+  });
+  for (let round = 0; round < 20; round++) {
+    await Promise.all(range(1, 15).map((i) => c.post(i % 3, i % 2 ? "lobby" : "g:x")));
+  }
+  const lobby = await c.nodes[0].log.head("lobby");
+  const group = await c.nodes[0].log.head("g:x");
+  await until(
+    () => conns.every((x) => x.seqs("lobby").length >= lobby && x.seqs("g:x").length >= group),
+    "repair",
+  );
+  await delay(50);
+  for (const conn of conns) {
+    assert.deepEqual(conn.seqs("lobby"), range(1, lobby));
+    assert.deepEqual(conn.seqs("g:x"), range(1, group));
+  }
+  assert.ok(c.nodes.some((node) => node.hub.stats.gapFills > 0));
+  await c.close();
+});
+
+Deno.test("hub: a bus that drops every append (a lagging BroadcastChannel) is repaired by heads", async () => {
+  const c = await cluster(2, { heartbeatMs: 20 });
+  c.network.drop = (e: Envelope) => e.k === "append";
+  for (const node of c.nodes) node.hub.start();
+  const far = new FakeConn("u1");
+  attachLive(c.nodes[1].hub, far, { lobby: 0 });
+  // A burst far over 256 from one node; the other hears only the heads heartbeat.
+  await Promise.all(range(1, 700).map(() => c.post(0, "lobby")));
+  await until(() => far.seqs("lobby").length >= 700, "repair by heads", 10_000);
+  assert.deepEqual(far.seqs("lobby"), range(1, 700));
+  await c.close();
+});
+
+Deno.test("hub: a connection joining while a gap fill is in flight misses nothing", async () => {
+  let gate: Promise<void> = Promise.resolve();
+  let open = () => {};
+  const c = await cluster(1, {
+    logOf: (log) => ({
+      head: (conv) => log.head(conv),
+      range: async (...args) => {
+        await gate;
+        return await log.range(...args);
+      },
+    }),
+  });
+  const hub = c.nodes[0].hub;
+  // Written by another node: this hub hears only notices, without the messages.
+  const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
+  for (let i = 0; i < 10; i++) {
+    await writer.append({ conv: "lobby", id: `w${i}`, from: "w", name: "W", text: "t", kind: "text" });
+  }
+  const first = new FakeConn("u1");
+  attachLive(hub, first, { lobby: 0 });
+  hub.notify("lobby", 5);
+  await until(() => first.seqs("lobby").length === 5, "first five");
+  gate = new Promise((r) => open = r);
+  hub.notify("lobby", 10); // the fill of 6..10 waits on the gate
+  await delay(10);
+  const late = new FakeConn("u2");
+  attachLive(hub, late, { lobby: 2 }); // its welcome said 2: it needs 3..10
+  open();
+  await until(() => late.seqs("lobby").length >= 8 && first.seqs("lobby").length >= 10, "all");
+  await delay(10);
+  assert.deepEqual(first.seqs("lobby"), range(1, 10));
+  assert.deepEqual(late.seqs("lobby"), range(3, 10));
+  await writer.close();
+  await c.close();
+});
+
+Deno.test("hub: resume replays what was missed, then the held live messages, no duplicates", async () => {
+  const c = await cluster(1);
+  const hub = c.nodes[0].hub;
+  for (let i = 0; i < 20; i++) await c.post(0, "lobby");
+  const conn = new FakeConn("u1");
+  hub.attach(conn, new Map([["lobby", 20]])); // the welcome said 20
+  for (let i = 0; i < 5; i++) await c.post(0, "lobby"); // 21..25 arrive before the resume
+  assert.deepEqual(conn.seqs("lobby"), [], "live messages wait for the resume");
+  await hub.resume(conn.id, { lobby: 12 }); // the client had seen 12
+  for (let i = 0; i < 5; i++) await c.post(0, "lobby"); // 26..30 are live
+  assert.deepEqual(conn.seqs("lobby"), range(13, 30));
+  const resumed = conn.frames.findIndex((f) => f.type === "resumed");
+  assert.deepEqual(conn.frames[resumed], {
+    type: "resumed",
+    conv: "lobby",
+    from: 12,
+    to: 25,
+    reload: false,
+  });
+  assert.equal(conn.frames[resumed - 1].seq, 25);
+  assert.equal(conn.frames[resumed + 1].seq, 26);
+  await c.close();
+});
+
+Deno.test("hub: resume past the limit asks the client to reload, then goes live", async () => {
+  const c = await cluster(1, { resumeLimit: 5 });
+  const hub = c.nodes[0].hub;
+  for (let i = 0; i < 20; i++) await c.post(0, "lobby");
+  const conn = new FakeConn("u1");
+  hub.attach(conn, new Map([["lobby", 20]]));
+  await hub.resume(conn.id, { lobby: 3 });
+  await c.post(0, "lobby");
+  assert.deepEqual(conn.frames.filter((f) => f.type === "resumed"), [
+    { type: "resumed", conv: "lobby", from: 3, to: 20, reload: true },
+  ]);
+  assert.deepEqual(conn.seqs("lobby"), [21]);
+  await c.close();
+});
+
+Deno.test("hub: a resume after the connection went live never repeats or reorders", async () => {
+  const c = await cluster(1);
+  const hub = c.nodes[0].hub;
+  for (let i = 0; i < 10; i++) await c.post(0, "lobby");
+  const conn = new FakeConn("u1");
+  attachLive(hub, conn, { lobby: 10 });
+  await c.post(0, "lobby");
+  await hub.resume(conn.id, { lobby: 4 });
+  await c.post(0, "lobby");
+  assert.deepEqual(conn.seqs("lobby"), [11, 12]);
+  assert.deepEqual(conn.frames.find((f) => f.type === "resumed"), {
+    type: "resumed",
+    conv: "lobby",
+    from: 4,
+    to: 11,
+    reload: true,
+  });
+  await c.close();
+});
+
+Deno.test("hub: live messages are released by the hold timer when no frame comes", async () => {
+  const c = await cluster(1, { holdMs: 30 });
+  const hub = c.nodes[0].hub;
+  const conn = new FakeConn("u1");
+  hub.attach(conn, new Map([["lobby", 0]]));
+  await c.post(0, "lobby");
+  assert.deepEqual(conn.seqs("lobby"), []);
+  await until(() => conn.seqs("lobby").length === 1, "release");
+  await c.close();
+});
+
+Deno.test("hub: a connection far behind when it joins is told to reload that range", async () => {
+  const c = await cluster(1, { resumeLimit: 10 });
+  const hub = c.nodes[0].hub;
+  const first = new FakeConn("u1");
+  attachLive(hub, first, { lobby: 0 });
+  for (let i = 0; i < 30; i++) await c.post(0, "lobby");
+  const late = new FakeConn("u2");
+  attachLive(hub, late, { lobby: 5 });
+  await until(() => late.frames.some((f) => f.type === "resumed"), "reload frame");
+  await c.post(0, "lobby");
+  assert.deepEqual(late.frames.find((f) => f.type === "resumed"), {
+    type: "resumed",
+    conv: "lobby",
+    from: 5,
+    to: 30,
+    reload: true,
+  });
+  assert.deepEqual(late.seqs("lobby"), [31]);
+  await c.close();
+});
+
+Deno.test("hub: a new direct conversation reaches both users from its first message", async () => {
+  const c = await cluster(2);
+  const [a, b] = c.nodes;
+  const ann = new FakeConn("ann");
+  const bob = new FakeConn("bob");
+  attachLive(a.hub, ann, { lobby: 0 }); // neither welcome listed the conversation
+  attachLive(b.hub, bob, { lobby: 0 });
+  const conv = "d:ann:bob";
+  for (let i = 0; i < 3; i++) await c.post(0, conv, "hi", "ann");
+  await until(() => bob.seqs(conv).length === 3 && ann.seqs(conv).length === 3, "dm");
+  assert.deepEqual(ann.seqs(conv), [1, 2, 3]);
+  assert.deepEqual(bob.seqs(conv), [1, 2, 3]);
+  // Heard only as a head (a relay notice without messages): still from the first message.
+  const carl = new FakeConn("carl");
+  attachLive(b.hub, carl, { lobby: 0 });
+  const other = "d:ann:carl";
+  for (let i = 0; i < 4; i++) {
+    await a.log.append({ conv: other, id: `x${i}`, from: "ann", name: "A", text: "t", kind: "text" });
+  }
+  b.hub.notify(other, 4);
+  await until(() => carl.seqs(other).length === 4, "dm from a head");
+  assert.deepEqual(carl.seqs(other), [1, 2, 3, 4]);
+  await c.close();
+});
+
+Deno.test("hub: a slow consumer is closed with 1013; the others get everything", async () => {
+  const c = await cluster(1, { maxBufferedBytes: 1000 });
+  const hub = c.nodes[0].hub;
+  const slow = new FakeConn("slow");
+  const fast = new FakeConn("fast");
+  attachLive(hub, slow, { lobby: 0 });
+  attachLive(hub, fast, { lobby: 0 });
+  await c.post(0, "lobby");
+  slow.buffered = 5000; // stops reading
+  for (let i = 0; i < 20; i++) await c.post(0, "lobby");
+  assert.deepEqual(slow.closed, {
+    code: CLOSE_SLOW_CONSUMER,
+    reason: "Slow consumer: reconnect and resume",
+  });
+  assert.deepEqual(slow.seqs("lobby"), [1, 2]);
+  assert.deepEqual(fast.seqs("lobby"), range(1, 21));
+  assert.equal(hub.stats.slowClosed, 1);
+  await c.close();
+});
+
+Deno.test("hub: membership notices subscribe and unsubscribe in log order", async () => {
+  const c = await cluster(2);
+  const [a, b] = c.nodes;
+  const owner = new FakeConn("own");
+  const joiner = new FakeConn("joe");
+  attachLive(b.hub, owner, { "g:x": 0 });
+  attachLive(b.hub, joiner, { lobby: 0 });
+  const notice = (event: "joined" | "left") =>
+    a.log.append({
+      conv: "g:x",
+      id: `${event}-${Math.random()}`,
+      from: "joe",
+      name: "Joe",
+      text: event,
+      kind: "notice",
+      meta: { event, user: { id: "joe", name: "Joe" } },
+    });
+  await c.post(0, "g:x", "before");
+  await notice("joined");
+  await c.post(0, "g:x", "while a member");
+  await notice("left");
+  await c.post(0, "g:x", "after");
+  await until(() => owner.seqs("g:x").length === 5, "owner");
+  await delay(10);
+  assert.deepEqual(joiner.seqs("g:x"), [2, 3, 4]);
+  assert.equal(b.hub.isSubscribed(joiner.id, "g:x"), false);
+  await c.close();
+});
+
+Deno.test("hub: close sends reconnect and 1012; later commits still reach other nodes", async () => {
+  const c = await cluster(2);
+  const [a, b] = c.nodes;
+  const leaving = new FakeConn("u1");
+  const staying = new FakeConn("u2");
+  attachLive(a.hub, leaving, { lobby: 0 });
+  attachLive(b.hub, staying, { lobby: 0 });
+  a.hub.close();
+  assert.deepEqual(leaving.frames.at(-1), {
+    type: "reconnect",
+    reason: "Server restarting: reconnect",
+  });
+  assert.equal(leaving.closed?.code, CLOSE_RESTARTING);
+  await c.post(0, "lobby", "committed while draining");
+  await until(() => staying.seqs("lobby").length === 1, "delivery from a closed node");
+  await c.close();
+});
+
+Deno.test("hub: hubs linked only by the KV relay deliver everything in order", async () => {
+  const c = await cluster(3, {
+    relay: true,
+    buses: (i, kv) => new KvBus(kv, { node: `n${i}`, appendsInLog: true, pollMs: 200 }),
+  });
+  await Promise.all(c.nodes.map((n) => (n.bus as KvBus).ready()));
+  const conns = c.nodes.map((node, i) => {
+    const conn = new FakeConn(`u${i}`);
+    attachLive(node.hub, conn, { lobby: 0, "g:y": 0 });
+    return conn;
+  });
+  // Many small commits: the watch coalesces its updates; each read lists every new entry.
+  for (let round = 0; round < 10; round++) {
+    await Promise.all(range(1, 30).map((i) => c.post(i % 3, i % 4 ? "lobby" : "g:y")));
+  }
+  const lobby = await c.nodes[0].log.head("lobby");
+  const group = await c.nodes[0].log.head("g:y");
+  await until(
+    () => conns.every((x) => x.seqs("lobby").length >= lobby && x.seqs("g:y").length >= group),
+    "relay delivery",
+  );
+  for (const conn of conns) {
+    assert.deepEqual(conn.seqs("lobby"), range(1, lobby));
+    assert.deepEqual(conn.seqs("g:y"), range(1, group));
+  }
+  await c.close();
+});
+
+Deno.test("hub: the KV relay and a lossy bus together (MultiBus) lose nothing", async () => {
+  const network = new LocalNetwork();
+  network.drop = () => Math.random() < 0.5;
+  const c = await cluster(2, {
+    network,
+    relay: true,
+    buses: (i, kv) =>
+      new MultiBus([network.join(), new KvBus(kv, { node: `n${i}`, appendsInLog: true })]),
+  });
+  await delay(20);
+  const conns = c.nodes.map((node, i) => {
+    const conn = new FakeConn(`u${i}`);
+    attachLive(node.hub, conn, { lobby: 0 });
+    return conn;
+  });
+  await Promise.all(range(1, 400).map((i) => c.post(i % 2, "lobby")));
+  await until(() => conns.every((x) => x.seqs("lobby").length >= 400), "delivery");
+  await delay(30);
+  for (const conn of conns) assert.deepEqual(conn.seqs("lobby"), range(1, 400));
+  await c.close();
+});

@@ -1,0 +1,204 @@
+/**
+ * The log of record: sequence numbers without gaps or duplicates (several writers at once),
+ * idempotent appends by client id, group commit within KV's limits, retention by count and by
+ * age (with a filter on read, as `expireIn` is only a lower bound), relay entries, shutdown.
+ */
+import assert from "node:assert/strict";
+import { messageKey, RELAY_LOG_PREFIX } from "../chat/keys.ts";
+import type { AppendInput, MessageLogOptions, RelayEntry } from "../chat/message_log.ts";
+import { MessageLog } from "../chat/message_log.ts";
+
+const DAY = 86_400_000;
+
+function input(conv: string, id: string, from = "u1", text = "hello"): AppendInput {
+  return { conv, id, from, name: from.toUpperCase(), text, kind: "text" };
+}
+
+async function withLog(
+  options: Partial<MessageLogOptions>,
+  fn: (log: MessageLog, kv: Deno.Kv) => Promise<void>,
+): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  const log = new MessageLog(kv, { retentionCount: 10_000, retentionMs: 30 * DAY, ...options });
+  try {
+    await fn(log, kv);
+  } finally {
+    await log.close();
+    kv.close();
+  }
+}
+
+Deno.test("log: consecutive sequence numbers per conversation", async () => {
+  await withLog({}, async (log) => {
+    const a = await Promise.all([1, 2, 3].map((i) => log.append(input("lobby", `a${i}`))));
+    const b = await log.append(input("g:x", "b1"));
+    assert.deepEqual(a.map((r) => r.message.seq), [1, 2, 3]);
+    assert.equal(b.message.seq, 1);
+    assert.equal(await log.head("lobby"), 3);
+    assert.deepEqual(await log.heads(["lobby", "g:x", "g:none"]), new Map([
+      ["lobby", 3],
+      ["g:x", 1],
+      ["g:none", 0],
+    ]));
+    assert.ok(a.every((r) => !r.duplicate && r.message.ts > 0));
+  });
+});
+
+Deno.test("log: the same client id is stored once (same tick, later, or another writer)", async () => {
+  await withLog({}, async (log, kv) => {
+    const [first, again] = await Promise.all([
+      log.append(input("lobby", "m1")),
+      log.append(input("lobby", "m1")),
+    ]);
+    assert.equal(first.duplicate, false);
+    assert.equal(again.duplicate, true);
+    assert.equal(again.message.seq, first.message.seq);
+    const later = await log.append(input("lobby", "m1"));
+    assert.deepEqual(later, { message: first.message, duplicate: true });
+    // Another isolate resending after a reconnect.
+    const other = new MessageLog(kv, { retentionCount: 10_000, retentionMs: 30 * DAY });
+    const resent = await other.append(input("lobby", "m1"));
+    assert.deepEqual(resent, { message: first.message, duplicate: true });
+    // Ids are per sender.
+    const fromOther = await other.append(input("lobby", "m1", "u2"));
+    assert.equal(fromOther.message.seq, 2);
+    await other.close();
+    assert.equal(await log.head("lobby"), 2);
+  });
+});
+
+Deno.test("log: concurrent writers never share or skip a sequence", async () => {
+  await withLog({}, async (log, kv) => {
+    const writers = [log, ...[1, 2].map(() => new MessageLog(kv, { retentionCount: 10_000, retentionMs: DAY }))];
+    const results = await Promise.all(
+      Array.from({ length: 600 }, (_, i) =>
+        writers[i % 3].append(input(i % 2 ? "lobby" : "g:x", `m${i}`, `u${i % 5}`))),
+    );
+    for (const conv of ["lobby", "g:x"]) {
+      const seqs = results.filter((r) => r.message.conv === conv).map((r) => r.message.seq);
+      assert.deepEqual(seqs.toSorted((a, b) => a - b), Array.from({ length: 300 }, (_, i) => i + 1));
+      const stored = await log.range(conv, 0, 300);
+      assert.deepEqual(stored.map((m) => m.seq), Array.from({ length: 300 }, (_, i) => i + 1));
+    }
+    await Promise.all(writers.slice(1).map((w) => w.close()));
+  });
+});
+
+Deno.test("log: a burst larger than one commit is split within KV's limits", async () => {
+  await withLog({}, async (log) => {
+    const big = "x".repeat(3000);
+    const results = await Promise.all(
+      Array.from({ length: 450 }, (_, i) => log.append(input(`g:${i % 7}`, `m${i}`, "u1", big))),
+    );
+    assert.equal(results.length, 450);
+    let total = 0;
+    for (let g = 0; g < 7; g++) total += await log.head(`g:${g}`);
+    assert.equal(total, 450);
+  });
+});
+
+Deno.test("log: retention by count trims the oldest and hides them on read", async () => {
+  await withLog({ retentionCount: 10 }, async (log, kv) => {
+    for (let i = 0; i < 25; i++) await log.append(input("lobby", `m${i}`));
+    const kept = await log.range("lobby", 0, 25);
+    assert.deepEqual(kept.map((m) => m.seq), Array.from({ length: 10 }, (_, i) => 16 + i));
+    assert.equal((await kv.get(messageKey("lobby", 15))).value, null, "trimmed in the commit");
+    const page = await log.page("lobby", undefined, 50);
+    assert.equal(page.messages.length, 10);
+    assert.equal(page.more, false);
+    assert.equal(await log.head("lobby"), 25);
+  });
+});
+
+Deno.test("log: retention by age filters on read (expireIn is only a lower bound)", async () => {
+  let now = Date.now();
+  await withLog({ retentionMs: 60_000, now: () => now }, async (log) => {
+    for (let i = 0; i < 5; i++) await log.append(input("lobby", `old${i}`));
+    now += 61_000;
+    for (let i = 0; i < 5; i++) await log.append(input("lobby", `new${i}`));
+    // Still in KV (expiry is lazy), but not shown.
+    assert.deepEqual((await log.range("lobby", 0, 10)).map((m) => m.seq), [6, 7, 8, 9, 10]);
+    assert.deepEqual((await log.page("lobby", undefined, 50)).messages.map((m) => m.seq), [
+      6,
+      7,
+      8,
+      9,
+      10,
+    ]);
+    // Expired messages do not count towards a limit: a resume reading 3 gets 3.
+    const three = await log.range("lobby", 0, Number.MAX_SAFE_INTEGER, 3);
+    assert.deepEqual(three.map((m) => m.seq), [6, 7, 8]);
+    now += 61_000;
+    assert.deepEqual(await log.range("lobby", 0, 10), []);
+  });
+});
+
+Deno.test("log: range and page", async () => {
+  await withLog({}, async (log) => {
+    for (let i = 0; i < 30; i++) await log.append(input("lobby", `m${i}`, "u1", `t${i}`));
+    assert.deepEqual((await log.range("lobby", 10, 15)).map((m) => m.seq), [11, 12, 13, 14, 15]);
+    assert.deepEqual((await log.range("lobby", 10, 30, 2)).map((m) => m.seq), [11, 12]);
+    assert.deepEqual(await log.range("lobby", 15, 15), []);
+    assert.deepEqual(
+      (await log.range("lobby", 27, Number.MAX_SAFE_INTEGER)).map((m) => m.seq),
+      [28, 29, 30],
+    );
+    const newest = await log.page("lobby", undefined, 10);
+    assert.deepEqual(newest.messages.map((m) => m.seq), [21, 22, 23, 24, 25, 26, 27, 28, 29, 30]);
+    assert.equal(newest.more, true);
+    const older = await log.page("lobby", 21, 10);
+    assert.deepEqual(older.messages.map((m) => m.seq), [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
+    const oldest = await log.page("lobby", 3, 10);
+    assert.deepEqual(oldest, { messages: (await log.range("lobby", 0, 2)), more: false });
+    assert.equal(oldest.messages[1].text, "t1");
+  });
+});
+
+Deno.test("log: each commit writes a relay entry with the new heads", async () => {
+  await withLog({ relay: { node: "n1" } }, async (log, kv) => {
+    await Promise.all([
+      log.append(input("lobby", "a")),
+      log.append(input("lobby", "b")),
+      log.append(input("g:x", "c")),
+    ]);
+    await log.append(input("lobby", "d"));
+    const entries: RelayEntry[] = [];
+    for await (const e of kv.list<RelayEntry>({ prefix: RELAY_LOG_PREFIX })) entries.push(e.value);
+    assert.deepEqual(entries, [
+      { node: "n1", heads: { lobby: 2, "g:x": 1 } },
+      { node: "n1", heads: { lobby: 3 } },
+    ]);
+  });
+});
+
+Deno.test("log: close finishes accepted appends, then refuses new ones", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const committed: number[] = [];
+  const log = new MessageLog(kv, {
+    retentionCount: 100,
+    retentionMs: DAY,
+    onCommit: (messages) => committed.push(...messages.map((m) => m.seq)),
+  });
+  const pending = Array.from({ length: 50 }, (_, i) => log.append(input("lobby", `m${i}`)));
+  await log.close();
+  assert.equal((await Promise.all(pending)).length, 50);
+  assert.equal(committed.length, 50);
+  await assert.rejects(() => log.append(input("lobby", "late")), /closed/);
+  kv.close();
+});
+
+Deno.test("log: a failing commit listener does not fail the append", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const log = new MessageLog(kv, {
+    retentionCount: 100,
+    retentionMs: DAY,
+    onCommit: () => {
+      throw new Error("listener bug");
+    },
+  });
+  const { message, duplicate } = await log.append(input("lobby", "m1"));
+  assert.equal(message.seq, 1);
+  assert.equal(duplicate, false);
+  await log.close();
+  kv.close();
+});

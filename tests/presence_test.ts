@@ -1,0 +1,171 @@
+/**
+ * Presence across nodes, with envelopes carried by hand: deltas, heartbeats, snapshots after a
+ * dropped delta, silent nodes, nodes that go down, and late copies from a second bus.
+ */
+import assert from "node:assert/strict";
+import type { Envelope, EnvelopeBody } from "../chat/bus.ts";
+import { Presence } from "../chat/presence.ts";
+import type { UserInfo } from "../chat/protocol.ts";
+
+const user = (id: string): UserInfo => ({ id, name: id.toUpperCase() });
+
+/** Nodes whose envelopes wait in a queue until `deliver`; `drop` loses some. */
+function network(names: string[]) {
+  let now = 1_000_000;
+  const queue: Envelope[] = [];
+  const counters = new Map<string, number>();
+  const changes = new Map<string, string[]>();
+  const nodes = new Map<string, Presence>();
+  let drop: (e: Envelope) => boolean = () => false;
+  for (const name of names) {
+    changes.set(name, []);
+    nodes.set(
+      name,
+      new Presence({
+        node: name,
+        publish: (body: EnvelopeBody) => {
+          const n = (counters.get(name) ?? 0) + 1;
+          counters.set(name, n);
+          const envelope = { ...body, node: name, n } as Envelope;
+          if (!drop(envelope)) queue.push(envelope);
+        },
+        onChange: (u, online) => changes.get(name)!.push(`${u.id}:${online ? "on" : "off"}`),
+        timeoutMs: 7000,
+        now: () => now,
+      }),
+    );
+  }
+  return {
+    nodes,
+    changes,
+    queue,
+    get: (name: string) => nodes.get(name)!,
+    set drop(fn: (e: Envelope) => boolean) {
+      drop = fn;
+    },
+    advance(ms: number) {
+      now += ms;
+    },
+    /** Delivers queued envelopes (and those they cause) to every other node. */
+    deliver(filter: (e: Envelope, to: string) => boolean = () => true) {
+      for (let i = 0; i < 1000 && queue.length; i++) {
+        const e = queue.shift()!;
+        for (const [name, p] of nodes) if (name !== e.node && filter(e, name)) p.receive(e);
+      }
+    },
+    tickAll() {
+      for (const p of nodes.values()) p.tick();
+    },
+  };
+}
+
+Deno.test("presence: online while any node has a connection of the user", async () => {
+  const net = network(["a", "b", "c"]);
+  net.get("a").connect(user("ann"));
+  net.get("b").connect(user("ann"));
+  net.get("b").connect(user("bob"));
+  net.tickAll();
+  net.deliver();
+  for (const p of net.nodes.values()) {
+    assert.deepEqual(p.online().map((u) => u.id).sort(), ["ann", "bob"]);
+  }
+  net.get("a").disconnect(user("ann"));
+  net.deliver();
+  assert.equal(net.get("c").isOnline("ann"), true, "still on b");
+  net.get("b").disconnect(user("ann"));
+  net.deliver();
+  for (const p of net.nodes.values()) assert.equal(p.isOnline("ann"), false);
+  assert.equal(net.get("c").count, 1);
+  assert.equal(net.get("c").nodes, 2);
+  await Promise.resolve();
+});
+
+Deno.test("presence: a dropped change is repaired by a snapshot after the next heartbeat", async () => {
+  const net = network(["a", "b"]);
+  net.tickAll();
+  net.deliver();
+  net.drop = (e) => e.k === "presence";
+  net.get("a").connect(user("ann"));
+  net.get("a").connect(user("amy"));
+  net.deliver();
+  assert.equal(net.get("b").isOnline("ann"), false);
+  net.drop = () => false;
+  net.advance(2000);
+  net.tickAll(); // the heartbeat's version shows b missed something: it asks for a snapshot
+  net.deliver();
+  await new Promise((r) => setTimeout(r, 40)); // snapshots answer after 20 ms
+  net.deliver();
+  assert.deepEqual(net.get("b").online().map((u) => u.id).sort(), ["amy", "ann"]);
+});
+
+Deno.test("presence: a silent node is forgotten after the timeout", () => {
+  const net = network(["a", "b"]);
+  net.get("a").connect(user("ann"));
+  net.tickAll();
+  net.deliver();
+  net.get("a").tick();
+  net.deliver();
+  assert.equal(net.get("b").isOnline("ann"), true);
+  net.advance(8000);
+  net.get("b").tick();
+  assert.equal(net.get("b").isOnline("ann"), false);
+  assert.ok(net.changes.get("b")!.includes("ann:off"));
+});
+
+Deno.test("presence: a node going down takes its users offline; its late envelopes are ignored", () => {
+  const net = network(["a", "b"]);
+  net.get("a").connect(user("ann"));
+  net.tickAll();
+  net.deliver();
+  assert.equal(net.get("b").isOnline("ann"), true);
+  const late = net.queue.length;
+  net.get("a").tick(); // a heartbeat that a slower bus will deliver after the "down"
+  const heartbeat = net.queue.splice(late)[0];
+  net.get("a").leave();
+  net.deliver();
+  assert.equal(net.get("b").isOnline("ann"), false);
+  net.get("b").receive(heartbeat);
+  net.get("b").receive({ node: "a", n: 99, k: "node", v: 1, users: [user("ann")] });
+  net.deliver();
+  assert.equal(net.get("b").isOnline("ann"), false);
+  assert.equal(net.get("b").nodes, 0);
+});
+
+Deno.test("presence: an older snapshot arriving late does not undo newer changes", () => {
+  const net = network(["a", "b"]);
+  const b = net.get("b");
+  b.receive({ node: "a", n: 1, k: "node", v: 2, users: [user("ann")] });
+  assert.equal(b.isOnline("ann"), true);
+  b.receive({ node: "a", n: 2, k: "presence", user: user("ann"), online: false, v: 3 });
+  assert.equal(b.isOnline("ann"), false);
+  // The same snapshot again, from the second bus.
+  b.receive({ node: "a", n: 1, k: "node", v: 2, users: [user("ann")] });
+  assert.equal(b.isOnline("ann"), false);
+  // A stale heartbeat does not ask for a snapshot.
+  const asked = net.queue.length;
+  b.receive({ node: "a", n: 5, k: "node", v: 2 });
+  assert.equal(net.queue.length, asked);
+});
+
+Deno.test("presence: a snapshot in parts, with parts repeated by a second bus", () => {
+  const net = network(["a", "b"]);
+  const b = net.get("b");
+  const users = Array.from({ length: 900 }, (_, i) => user(`u${i}`));
+  const part = (i: number) => ({
+    node: "a",
+    n: 10 + i,
+    k: "node" as const,
+    v: 7,
+    users: users.slice(i * 400, (i + 1) * 400),
+    part: i,
+    parts: 3,
+  });
+  b.receive(part(0));
+  b.receive(part(1));
+  b.receive(part(1)); // a repeated part must not stand in for the missing one
+  assert.equal(b.count, 0);
+  b.receive(part(2));
+  assert.equal(b.count, 900);
+  b.receive(part(2)); // a stray part after completion starts nothing
+  assert.equal(b.count, 900);
+});

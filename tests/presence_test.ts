@@ -46,11 +46,15 @@ function network(names: string[]) {
     advance(ms: number) {
       now += ms;
     },
-    /** Delivers queued envelopes (and those they cause) to every other node. */
-    deliver(filter: (e: Envelope, to: string) => boolean = () => true) {
-      for (let i = 0; i < 1000 && queue.length; i++) {
-        const e = queue.shift()!;
-        for (const [name, p] of nodes) if (name !== e.node && filter(e, name)) p.receive(e);
+    /** Delivers queued envelopes to every other node, and those they cause (snapshots wait 20 ms). */
+    async deliver() {
+      for (let round = 0; round < 10; round++) {
+        while (queue.length) {
+          const e = queue.shift()!;
+          for (const [name, p] of nodes) if (name !== e.node) p.receive(e);
+        }
+        await new Promise((r) => setTimeout(r, 30));
+        if (!queue.length) return;
       }
     },
     tickAll() {
@@ -65,46 +69,43 @@ Deno.test("presence: online while any node has a connection of the user", async 
   net.get("b").connect(user("ann"));
   net.get("b").connect(user("bob"));
   net.tickAll();
-  net.deliver();
+  await net.deliver();
   for (const p of net.nodes.values()) {
     assert.deepEqual(p.online().map((u) => u.id).sort(), ["ann", "bob"]);
   }
   net.get("a").disconnect(user("ann"));
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("c").isOnline("ann"), true, "still on b");
   net.get("b").disconnect(user("ann"));
-  net.deliver();
+  await net.deliver();
   for (const p of net.nodes.values()) assert.equal(p.isOnline("ann"), false);
   assert.equal(net.get("c").count, 1);
   assert.equal(net.get("c").nodes, 2);
-  await Promise.resolve();
 });
 
 Deno.test("presence: a dropped change is repaired by a snapshot after the next heartbeat", async () => {
   const net = network(["a", "b"]);
   net.tickAll();
-  net.deliver();
+  await net.deliver();
   net.drop = (e) => e.k === "presence";
   net.get("a").connect(user("ann"));
   net.get("a").connect(user("amy"));
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("b").isOnline("ann"), false);
   net.drop = () => false;
   net.advance(2000);
   net.tickAll(); // the heartbeat's version shows b missed something: it asks for a snapshot
-  net.deliver();
-  await new Promise((r) => setTimeout(r, 40)); // snapshots answer after 20 ms
-  net.deliver();
+  await net.deliver();
   assert.deepEqual(net.get("b").online().map((u) => u.id).sort(), ["amy", "ann"]);
 });
 
-Deno.test("presence: a silent node is forgotten after the timeout", () => {
+Deno.test("presence: a silent node is forgotten after the timeout", async () => {
   const net = network(["a", "b"]);
   net.get("a").connect(user("ann"));
   net.tickAll();
-  net.deliver();
+  await net.deliver();
   net.get("a").tick();
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("b").isOnline("ann"), true);
   net.advance(8000);
   net.get("b").tick();
@@ -112,21 +113,21 @@ Deno.test("presence: a silent node is forgotten after the timeout", () => {
   assert.ok(net.changes.get("b")!.includes("ann:off"));
 });
 
-Deno.test("presence: a node going down takes its users offline; its late envelopes are ignored", () => {
+Deno.test("presence: a node going down takes its users offline; its late envelopes are ignored", async () => {
   const net = network(["a", "b"]);
   net.get("a").connect(user("ann"));
   net.tickAll();
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("b").isOnline("ann"), true);
   const late = net.queue.length;
   net.get("a").tick(); // a heartbeat that a slower bus will deliver after the "down"
   const heartbeat = net.queue.splice(late)[0];
   net.get("a").leave();
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("b").isOnline("ann"), false);
   net.get("b").receive(heartbeat);
   net.get("b").receive({ node: "a", n: 99, k: "node", v: 1, users: [user("ann")] });
-  net.deliver();
+  await net.deliver();
   assert.equal(net.get("b").isOnline("ann"), false);
   assert.equal(net.get("b").nodes, 0);
 });

@@ -10,6 +10,25 @@ import { loadConfig } from "./chat/config.ts";
 import { createNode } from "./chat/node.ts";
 import { createApp } from "./routes/app.ts";
 
+// `deno serve` adds its own SIGTERM/SIGINT listener once this module has run: it shuts the HTTP
+// server down at once, closing every socket with 1001 before the hub's 1012 goes out and while
+// the log may still be writing. Its listener is kept aside here and called at the end of our own
+// shutdown, to stop the listener once the sockets are told to reconnect.
+const addSignalListener = Deno.addSignalListener.bind(Deno);
+const runtimeShutdown = new Set<() => void>();
+try {
+  Object.defineProperty(Deno, "addSignalListener", {
+    configurable: true,
+    writable: true,
+    value: (signal: Deno.Signal, handler: () => void) => {
+      if (signal === "SIGTERM" || signal === "SIGINT") runtimeShutdown.add(handler);
+      else addSignalListener(signal, handler);
+    },
+  });
+} catch {
+  // A runtime that does not allow it: its own shutdown then closes sockets with 1001.
+}
+
 const config = loadConfig(Deno.env.toObject());
 const path = config.CHAT_KV_PATH;
 const local = path !== "" && path !== ":memory:" && !/^https?:\/\//.test(path);
@@ -31,6 +50,8 @@ const app = createApp(node);
 // short. So each worker says hello on a channel of this process at start, and on a signal exits
 // only once every worker it heard from has finished (or at the deadline).
 const DEADLINE_MS = 4500;
+const ANNOUNCE_MS = 250;
+const CLOSE_GRACE_MS = 300;
 const peers = new Set<string>();
 const finished = new Set<string>();
 let lifecycle: BroadcastChannel | null = null;
@@ -63,18 +84,27 @@ function exitWhenAllDone(): void {
 async function stop(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
-  node.logger.info("signal", { signal, workers: peers.size + 1 });
+  node.logger.info("signal", { signal, workers: peers.size + 1, deferred: runtimeShutdown.size });
   // Deno Deploy sends SIGKILL 5 s after SIGINT: exit before, whatever is left.
   setTimeout(() => Deno.exit(0), DEADLINE_MS);
+  // Clients stop sending on `reconnect`; frames already on their way arrive before the close.
+  node.hub.announceRestart();
+  await new Promise((r) => setTimeout(r, ANNOUNCE_MS));
   try {
     await node.shutdown();
   } catch (error) {
     node.logger.error("shutdown_failed", { error: String(error) });
   }
-  // Let the close frames (1012) go out: wait for the sockets' close handshakes, briefly.
-  const drainEnd = Date.now() + 1500;
-  while (node.hub.connections > 0 && Date.now() < drainEnd) {
-    await new Promise((r) => setTimeout(r, 20));
+  // A socket's close event fires as soon as close() is called, while the close frame is still
+  // on its way: exiting at once would reset the connections of clients still sending, and they
+  // would see an abnormal closure instead of 1012. Give the frames a moment.
+  await new Promise((r) => setTimeout(r, CLOSE_GRACE_MS));
+  for (const handler of runtimeShutdown) {
+    try {
+      handler();
+    } catch {
+      // The HTTP server is closing anyway.
+    }
   }
   try {
     kv.close();
@@ -87,7 +117,7 @@ async function stop(signal: string): Promise<void> {
 }
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   try {
-    Deno.addSignalListener(signal, () => void stop(signal));
+    addSignalListener(signal, () => void stop(signal));
   } catch {
     // Signals are not available everywhere (some hosted runtimes).
   }

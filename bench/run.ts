@@ -1123,6 +1123,27 @@ function markdown(): string {
   return parts.join("\n");
 }
 
+/** Keeps what is measured so far, so an interrupted run still leaves its figures. */
+async function savePartial() {
+  await Deno.mkdir(`${BENCH}/results/tmp`, { recursive: true });
+  await Deno.writeTextFile(
+    `${BENCH}/results/tmp/partial.json`,
+    JSON.stringify({ date: new Date().toISOString(), params: P, results }, null, 2) + "\n",
+  );
+}
+
+if (args.render) {
+  // Re-renders the tables of a results file: deno run -A bench/run.ts --render <file.json>
+  const file = JSON.parse(await Deno.readTextFile(args.render));
+  Object.assign(P, file.params);
+  Object.assign(results, file.results);
+  const seen = ["w1", "w2", "w4", "w7"].flatMap((w) => Object.keys(file.results?.[w] ?? {}));
+  if (file.results?.w3 || file.results?.w5 || file.results?.w6) seen.push("ours");
+  targets.splice(0, targets.length, ...Object.keys(TARGETS).filter((t) => seen.includes(t)));
+  console.log(markdown());
+  Deno.exit(0);
+}
+
 // ---- Main ---------------------------------------------------------------------------------
 
 const needNode = targets.some((t) => TARGETS[t].node) || want("w5");
@@ -1152,13 +1173,13 @@ try {
     if (only?.has("w6")) await w6();
     if (only?.has("w7")) await w7();
   } else {
-    if (want("w1")) await w1();
-    if (want("w2")) await w2();
-    if (want("w3")) await w3();
-    if (want("w4")) await w4();
-    if (want("w5")) await w5();
-    if (want("w6")) await w6();
-    if (want("w7")) await w7();
+    if (want("w1")) await w1().then(savePartial);
+    if (want("w2")) await w2().then(savePartial);
+    if (want("w3")) await w3().then(savePartial);
+    if (want("w4")) await w4().then(savePartial);
+    if (want("w5")) await w5().then(savePartial);
+    if (want("w6")) await w6().then(savePartial);
+    if (want("w7")) await w7().then(savePartial);
   }
 } catch (error) {
   failed = true;

@@ -8,6 +8,7 @@
 import {
   blockKey,
   groupKey,
+  headKey,
   memberKey,
   readKey,
   userDirectKey,
@@ -17,7 +18,7 @@ import {
 } from "./keys.ts";
 import { retryLocked } from "./message_log.ts";
 import type { ConversationId, GroupInfo, UserId, UserInfo } from "./protocol.ts";
-import { ChatError } from "./protocol.ts";
+import { ChatError, LOBBY } from "./protocol.ts";
 
 /** A user as stored. */
 export interface UserRecord {
@@ -85,11 +86,14 @@ export class Directory {
   ): Promise<UserRecord> {
     const user: UserRecord = { id: randomId(), name, canonical, createdAt: Date.now() };
     if (passwordHash) user.passwordHash = passwordHash;
+    // A newcomer has read the lobby so far: its backlog is history, not unread messages.
+    const lobby = await retryLocked(() => this.#kv.get<number>(headKey(LOBBY)));
     const result = await retryLocked(() =>
       this.#kv.atomic()
         .check({ key: userNameKey(canonical), versionstamp: null })
         .set(userKey(user.id), user)
         .set(userNameKey(canonical), user.id)
+        .set(readKey(user.id, LOBBY), lobby.value ?? 0)
         .commit()
     );
     if (!result.ok) throw new ChatError("conflict", `Cannot use the name "${name}": it is taken`);

@@ -103,6 +103,8 @@ interface Member {
   /** Conversations with a catch-up from the log queued: live messages wait for it. */
   lagging: Set<ConversationId>;
   closing: boolean;
+  /** Whether it got the `reconnect` frame of a shutdown. */
+  warned?: boolean;
 }
 
 interface ConvState {
@@ -145,6 +147,7 @@ export class Hub {
   #presenceChanges: { user: UserInfo; online: boolean }[] = [];
   #presenceTimer: ReturnType<typeof setTimeout> | undefined;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   #n = 0;
   #closed = false;
 
@@ -341,6 +344,26 @@ export class Hub {
   }
 
   /**
+   * Tells every connection that the server is about to restart (a `reconnect` frame) before
+   * {@linkcode Hub.close} closes them: clients stop sending, so no frame of theirs is still in
+   * flight when the socket closes (the runtime may then reset the connection, and the client
+   * sees an abnormal closure instead of the close code).
+   */
+  announceRestart(reason = "Server restarting: reconnect"): void {
+    if (this.#closed) return;
+    const data = JSON.stringify({ type: "reconnect", reason } satisfies ServerFrame);
+    for (const member of this.#members.values()) {
+      if (member.warned) continue;
+      member.warned = true;
+      try {
+        member.conn.send(data);
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+
+  /**
    * Closes every connection with `code` (after a `reconnect` frame) and stops the heartbeat.
    * Appends committed afterwards (the log finishing its writes on shutdown) are still
    * published, so the other nodes deliver them.
@@ -350,7 +373,9 @@ export class Hub {
     for (const member of this.#members.values()) {
       member.closing = true;
       try {
-        member.conn.send(JSON.stringify({ type: "reconnect", reason } satisfies ServerFrame));
+        if (!member.warned) {
+          member.conn.send(JSON.stringify({ type: "reconnect", reason } satisfies ServerFrame));
+        }
         member.conn.close(code, reason);
       } catch {
         // Already closed.
@@ -362,6 +387,8 @@ export class Hub {
     clearInterval(this.#heartbeat);
     clearTimeout(this.#presenceTimer);
     for (const state of this.#convs.values()) clearTimeout(state.retry);
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
   }
 
   // ---- rooms ------------------------------------------------------------------------------
@@ -610,12 +637,14 @@ export class Hub {
       } finally {
         member.lagging.delete(conv);
         if (retry && !this.#closed) {
-          setTimeout(() => {
+          const timer = setTimeout(() => {
+            this.#retries.delete(timer);
             const now = this.#convs.get(conv);
             if (now && member.cursors.has(conv) && (member.cursors.get(conv) ?? 0) < now.fanned) {
               this.#catchUp(member, conv, now);
             }
           }, 200);
+          this.#retries.add(timer);
         }
       }
     });

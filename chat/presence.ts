@@ -4,6 +4,9 @@
  * and a heartbeat carrying that version: a receiver that missed a change (the bus may drop) asks
  * for a full snapshot; a node silent for `timeoutMs` is presumed gone.
  *
+ * With several buses an envelope may arrive twice, the second copy late: heartbeats and
+ * snapshots older than what was applied are ignored, and so is a node that said it is down.
+ *
  * @module
  */
 import type { Envelope, EnvelopeBody } from "./bus.ts";
@@ -28,7 +31,7 @@ interface RemoteNode {
   /** When this node last asked for a snapshot of it. */
   asked: number;
   /** A snapshot in parts, being assembled. */
-  parts?: { v: number; got: number; users: Map<UserId, UserInfo> };
+  parts?: { v: number; got: Set<number>; users: Map<UserId, UserInfo> };
 }
 
 const SNAPSHOT_PART = 400;
@@ -41,6 +44,8 @@ export class Presence {
   readonly #remote = new Map<string, RemoteNode>();
   /** How many nodes (this one included) have each user. */
   readonly #nodesOf = new Map<UserId, { user: UserInfo; nodes: number }>();
+  /** Nodes that said they are down, and when: their late envelopes are ignored. */
+  readonly #gone = new Map<string, number>();
   #v = 0;
   #snapshotDue = false;
   #snapshotTimer: ReturnType<typeof setTimeout> | undefined;
@@ -109,6 +114,8 @@ export class Presence {
     for (const [node, remote] of this.#remote) {
       if (remote.seen < limit) this.#forget(node);
     }
+    const goneLimit = this.#now() - 10 * (this.#options.timeoutMs ?? 7000);
+    for (const [node, at] of this.#gone) if (at < goneLimit) this.#gone.delete(node);
   }
 
   /** Tells the other nodes this one is leaving, and stops. */
@@ -120,6 +127,7 @@ export class Presence {
 
   /** Applies an envelope from another node. */
   receive(envelope: Envelope): void {
+    if (this.#gone.has(envelope.node)) return;
     switch (envelope.k) {
       case "presence": {
         const remote = this.#remoteOf(envelope.node);
@@ -142,8 +150,9 @@ export class Presence {
       case "node": {
         const remote = this.#remoteOf(envelope.node);
         if (envelope.users) {
-          this.#assemble(envelope.node, remote, envelope);
-        } else if (envelope.v !== remote.v) {
+          // An older snapshot (a late copy from a slower bus) would undo newer changes.
+          if (envelope.v >= remote.v) this.#assemble(envelope.node, remote, envelope);
+        } else if (envelope.v > remote.v) {
           this.#ask(envelope.node, remote);
         }
         return;
@@ -159,6 +168,7 @@ export class Presence {
         }
         return;
       case "down":
+        this.#gone.set(envelope.node, this.#now());
         this.#forget(envelope.node);
         return;
     }
@@ -199,10 +209,13 @@ export class Presence {
   #assemble(node: string, remote: RemoteNode, e: Extract<Envelope, { k: "node" }>): void {
     const parts = e.parts ?? 1;
     if (!remote.parts || remote.parts.v !== e.v || (e.part ?? 0) === 0) {
-      remote.parts = { v: e.v, got: 0, users: new Map() };
+      // A part other than the first starts nothing: wait for the next whole snapshot.
+      if ((e.part ?? 0) !== 0) return;
+      remote.parts = { v: e.v, got: new Set(), users: new Map() };
     }
     for (const user of e.users!) remote.parts.users.set(user.id, user);
-    if (++remote.parts.got < parts) return;
+    remote.parts.got.add(e.part ?? 0);
+    if (remote.parts.got.size < parts) return;
     const next = remote.parts.users;
     remote.parts = undefined;
     for (const [id] of remote.users) if (!next.has(id)) this.#remove(id);

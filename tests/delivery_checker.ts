@@ -31,8 +31,10 @@ export interface CheckerOptions {
   perClient?: number;
   /** Connections that send a burst to one conversation at once. */
   bursts?: { target: "lobby" | "group"; count: number }[];
-  /** SIGKILL and restart the server this many times while messages flow. */
+  /** Stop (SIGKILL by default) and restart the server this many times while messages flow. */
   kills?: number;
+  /** The signal that stops the server for a restart: SIGKILL (a crash) or a graceful one. */
+  restartSignal?: Deno.Signal;
   /** Disconnect this many random clients while messages flow. */
   disconnects?: number;
   /** One client stops reading while `messages` of `bytes` go to its group. */
@@ -69,7 +71,10 @@ export interface Verdict {
     kills: number;
     disconnects: number;
     stalled: number;
+    /** Connections opened again after a close. */
     reconnects: number;
+    /** Connection attempts refused while the server was down. */
+    refused: number;
     resends: number;
     reloads: number;
   };
@@ -85,6 +90,8 @@ export interface Verdict {
   };
   /** Per kill: ms from the restarted server answering until every client had all messages. */
   catchUpMs: number[];
+  /** Per restart: the signal, ms from the signal until the process exited, and its exit code. */
+  restarts: { signal: string; exitMs: number; code: number }[];
   sendPhaseMs: number;
   durationMs: number;
   /** The first few problems, to read when a count is not zero. */
@@ -148,6 +155,8 @@ export class CheckerClient {
   resends = 0;
   reloads = 0;
   connects = 0;
+  /** Connection attempts that never opened (the server was down or restarting). */
+  refused = 0;
   #url: string;
   #ws: WebSocket | null = null;
   #ready = false;
@@ -209,10 +218,13 @@ export class CheckerClient {
     this.#ws = ws;
     let done!: () => void;
     this.#closed = new Promise((r) => done = r);
+    let opened = false;
+    ws.onopen = () => opened = true;
     ws.onmessage = (event) => this.#handle(JSON.parse(event.data) as Frame);
     ws.onerror = () => {};
     ws.onclose = (event) => {
-      this.closes.set(event.code, (this.closes.get(event.code) ?? 0) + 1);
+      if (!opened) this.refused++;
+      else if (!this.#stopped) this.closes.set(event.code, (this.closes.get(event.code) ?? 0) + 1);
       this.#ready = false;
       this.#ws = null;
       this.#historyFor = null;
@@ -224,6 +236,7 @@ export class CheckerClient {
   /** Forgets the reconnects and closes so far (those of the setup). */
   resetCounters(): void {
     this.connects = this.#ws ? 1 : 0;
+    this.refused = 0;
     this.closes.clear();
   }
 
@@ -308,7 +321,6 @@ export class CheckerClient {
         if (!this.baseline.has(f.conv)) this.baseline.set(f.conv, 0);
         if (f.reload) {
           this.reloads++;
-          if (Deno.env.get("CHECKER_DEBUG")) console.log(`reload ${this.label} ${JSON.stringify(f)} lastSeen=${this.lastSeen.get(f.conv)}`);
           if (f.to > f.from) this.#holes.push({ conv: f.conv, from: f.from, to: f.to });
           this.#pumpHistory();
         }
@@ -340,13 +352,26 @@ export class CheckerClient {
         const p = this.#inflight.get(f.id);
         const before = this.acks.get(f.id);
         if (before && (before.conv !== f.conv || before.seq !== f.seq)) {
-          this.problems.push(`${this.label}: ${f.id} acked as ${f.conv}#${f.seq} and #${before.seq}`);
+          this.problems.push(
+            `${this.label}: ${f.id} acked as ${f.conv}#${f.seq} and #${before.seq}`,
+          );
         }
         if (!before) this.acks.set(f.id, { conv: f.conv, seq: f.seq });
         if (p) {
           this.#inflight.delete(f.id);
           this.#pump();
         }
+        return;
+      }
+      case "reconnect": {
+        // The server is about to close this socket: stop sending until the next connection
+        // (unacknowledged messages are sent again there).
+        this.#ready = false;
+        this.#historyFor = null;
+        const ws = this.#ws;
+        this.#later(() => {
+          if (this.#ws === ws && ws?.readyState === WebSocket.OPEN) ws.close(4001, "no close");
+        }, 3000);
         return;
       }
       case "error": {
@@ -461,7 +486,9 @@ export class RawSocket {
           const frame = this.#frame();
           if (!frame) break;
           if (frame.op === 8) {
-            closeCode = frame.payload.length >= 2 ? (frame.payload[0] << 8) | frame.payload[1] : 1005;
+            closeCode = frame.payload.length >= 2
+              ? (frame.payload[0] << 8) | frame.payload[1]
+              : 1005;
             break outer;
           }
           if (frame.op === 1) frames.push(JSON.parse(new TextDecoder().decode(frame.payload)));
@@ -636,16 +663,20 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     );
     const setup = await Promise.all(users.map((u) => TestClient.connect(server, u.token)));
     const groupConvs: { conv: string; members: number[] }[] = [];
-    for (let g = 0; g < (options.groups ?? 3); g++) {
-      const owner = g % nUsers;
+    const nGroups = (options.groups ?? 3) + (options.stall ? 1 : 0);
+    for (let g = 0; g < nGroups; g++) {
+      // With a stall, the last group is the sender and the stalled user alone: its big
+      // messages back up the stalled socket without burying the checker's other readers.
+      const stallGroup = options.stall && g === nGroups - 1;
+      const owner = stallGroup ? nUsers - 2 : g % nUsers;
       const created = await setup[owner].request(
         { type: "group.create", name: `Checker group ${g}`, public: true },
         "conversation",
       );
       const conv: string = created.conversation.id;
       const members = new Set([owner]);
-      if (options.stall && g === 0) members.add(nUsers - 1);
-      while (members.size < Math.min(options.groupSize ?? 5, nUsers)) {
+      if (stallGroup) members.add(nUsers - 1);
+      while (!stallGroup && members.size < Math.min(options.groupSize ?? 5, nUsers)) {
         members.add(Math.floor(rand() * nUsers));
       }
       for (const m of members) {
@@ -722,7 +753,6 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     const firstNodes = nodesNow().size;
     for (const c of clients) c.resetCounters();
     log(`${clients.length} clients on ${firstNodes} workers (seed ${seed})`);
-    if (Deno.env.get("CHECKER_DEBUG")) console.log(clients.map((c) => c.nodes[0]).join(" "), server.output());
 
     // ---- the plan -------------------------------------------------------------------------
     let planned = 0;
@@ -752,7 +782,9 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
       const sender = clients[(b * 5 + 1) % clients.length];
       if (sender === stalled) return;
       const u = owners[clients.indexOf(sender)];
-      const group = groupConvs.find((g) => g.members.includes(u) && g.members.includes(stallUser)) ??
+      const group = groupConvs.find((g) =>
+        g.members.includes(u) && g.members.includes(stallUser)
+      ) ??
         groupConvs.find((g) => g.members.includes(u));
       const conv = burst.target === "group" && group ? group.conv : "lobby";
       sender.window = burst.count;
@@ -763,9 +795,10 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
       }
     });
     if (options.stall && stalled) {
-      // Big messages to a group of the stalled user, so its socket backs up.
-      const g = groupConvs.find((x) => x.members.includes(stallUser))!;
-      const sender = clients.find((c, k) => c !== stalled && g.members.includes(owners[k]))!;
+      // Big messages to the stalled user's own group, so its socket backs up. The sender has
+      // one connection: its acks pace it, so its own socket never holds more than its window.
+      const g = groupConvs[groupConvs.length - 1];
+      const sender = clients[nUsers - 2];
       sender.window = 200;
       for (let i = 0; i < options.stall.messages; i++) {
         const id = `${sender.label}-s${i}`;
@@ -801,12 +834,16 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     let killed = 0;
     let dropped = 0;
     const catchUpMs: number[] = [];
+    const restarts: Verdict["restarts"] = [];
     while (acked() < total && Date.now() < sendEnd) {
       const progress = acked() / total;
       if (killed < kills && progress >= killAt[killed]) {
         killed++;
-        log(`SIGKILL at ${acked()}/${total} acked`);
-        await server.stop("SIGKILL");
+        const signal = options.restartSignal ?? "SIGKILL";
+        log(`${signal} at ${acked()}/${total} acked`);
+        const signalled = Date.now();
+        const code = await server.stop(signal);
+        restarts.push({ signal, exitMs: Date.now() - signalled, code });
         const headsAtKill = await readHeads(kvPath);
         await sleep(200);
         server = await startServe({ env, workers, port });
@@ -856,13 +893,20 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
       Math.max(5000, sendEnd - Date.now()),
     );
     if (!caughtUp) problems.push("clients did not catch up with the log");
-    await until(() => catchUpMs.length + problems.filter((p) => p.startsWith("kill")).length >= killed, 5000);
+    await until(
+      () => catchUpMs.length + problems.filter((p) => p.startsWith("kill")).length >= killed,
+      5000,
+    );
     await Promise.all(clients.map((c) => c.stop()));
     const code = await server.stop("SIGTERM");
     if (code !== 0) problems.push(`server exited with ${code}`);
 
     // ---- verdict ------------------------------------------------------------------------
-    const allConvs = new Set(["lobby", ...groupConvs.map((g) => g.conv), ...dmConvs.map((d) => d.conv)]);
+    const allConvs = new Set([
+      "lobby",
+      ...groupConvs.map((g) => g.conv),
+      ...dmConvs.map((d) => d.conv),
+    ]);
     const stored = await readLog(kvPath, allConvs);
     const verdict: Verdict = {
       bus: options.bus,
@@ -883,13 +927,15 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
         kills: killed,
         disconnects: dropped,
         stalled: stalled ? 1 : 0,
-        reconnects: clients.reduce((n, c) => n + c.connects - 1, 0),
+        reconnects: clients.reduce((n, c) => n + c.connects - 1 - c.refused, 0),
+        refused: clients.reduce((n, c) => n + c.refused, 0),
         resends: clients.reduce((n, c) => n + c.resends, 0),
         reloads: clients.reduce((n, c) => n + c.reloads, 0),
       },
       closeCodes: {},
       stall,
       catchUpMs,
+      restarts,
       sendPhaseMs,
       durationMs: 0,
       problems,
@@ -984,7 +1030,9 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     raw?.close();
     await Promise.all(clients.map((c) => c.stop()));
     await server.stop("SIGKILL");
-    await Deno.remove(kvPath.slice(0, kvPath.lastIndexOf("/")), { recursive: true }).catch(() => {});
+    await Deno.remove(kvPath.slice(0, kvPath.lastIndexOf("/")), { recursive: true }).catch(
+      () => {},
+    );
   }
 }
 
@@ -995,7 +1043,8 @@ export function summary(v: Verdict): string {
     `lost=${v.lost} duplicated=${v.duplicated} reordered=${v.reordered} ` +
     `mismatched=${v.mismatched} storeErrors=${v.storeErrors} logGaps=${v.logGaps} ` +
     `kills=${v.faults.kills} disconnects=${v.faults.disconnects} stalled=${v.faults.stalled} ` +
-    `reconnects=${v.faults.reconnects} resends=${v.faults.resends} reloads=${v.faults.reloads} ` +
+    `reconnects=${v.faults.reconnects} refused=${v.faults.refused} resends=${v.faults.resends} ` +
+    `reloads=${v.faults.reloads} ` +
     `catchUpMs=[${v.catchUpMs.join(",")}] send=${v.sendPhaseMs}ms total=${v.durationMs}ms ` +
     `closes=${JSON.stringify(v.closeCodes)}` +
     (v.stall ? ` stall=${JSON.stringify(v.stall)}` : "");

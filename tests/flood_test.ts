@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { randomId } from "../chat/directory.ts";
-import { signIn, startServer, TestClient, uniqueName } from "./_harness.ts";
+import { signIn, startServer, TestClient, uniqueName, until } from "./_harness.ts";
 import type { Frame, TestServer } from "./_harness.ts";
 
 type Client = TestClient & { id: string; token: string };
@@ -32,7 +32,8 @@ async function sendLatencies(client: TestClient, conv: string, n: number): Promi
     const start = performance.now();
     await client.post(conv, `probe ${i}`);
     times.push(performance.now() - start);
-    await new Promise((r) => setTimeout(r, 5));
+    // Within the victim's own budget (see the config of the latency test).
+    await new Promise((r) => setTimeout(r, 25));
   }
   return times;
 }
@@ -156,7 +157,12 @@ Deno.test("a flooder gets rate_limited errors with a retry time, then a 1008 clo
 });
 
 Deno.test("under a sustained flood, another user's latency stays normal", async () => {
-  await using server = await startServer();
+  // Limits that let the victim probe 40 times a second; the flooder goes far past them.
+  await using server = await startServer({
+    config: { CHAT_RATE_PER_SECOND: 50, CHAT_USER_RATE_PER_SECOND: 100 },
+  });
+  const { CHAT_USER_RATE_BURST: userBurst, CHAT_USER_RATE_PER_SECOND: userRate } =
+    server.node.config;
   await using victim = await user(server, "victim");
   const flooder = await signIn(server.url, uniqueName("flood"));
   // Warm up, then the baseline, measured in the same test.
@@ -164,10 +170,12 @@ Deno.test("under a sustained flood, another user's latency stays normal", async 
   const baseSend = await sendLatencies(victim, "lobby", 40);
   const basePing = await pingLatencies(victim, 40);
   const frame = JSON.stringify({ type: "send", id: "f#", conv: "lobby", text: "flood" });
+  const started = performance.now();
   const { stats, result } = await flood(server, flooder.token, frame, async () => ({
     send: await sendLatencies(victim, "lobby", 40),
     ping: await pingLatencies(victim, 40),
   }));
+  const seconds = (performance.now() - started) / 1000;
   const report = JSON.stringify({
     baseline: { send: percentile(baseSend, 0.5), ping: percentile(basePing, 0.5) },
     flood: { send: percentile(result.send, 0.5), ping: percentile(result.ping, 0.5) },
@@ -176,14 +184,16 @@ Deno.test("under a sustained flood, another user's latency stays normal", async 
     connections: stats.connections,
     acks: stats.acks,
   });
-  // The flooder was limited and closed, over and over.
+  // The flooder was limited and closed, over and over. A client that never pauses may see its
+  // connection dropped rather than the 1008 frame (the runtime drops a closing socket that keeps
+  // receiving), so any close counts here; the burst test checks for 1008.
   assert.ok(stats.sent > 1000, report);
   assert.ok(stats.limited > 0, report);
-  assert.ok(stats.closes.filter((c) => c === 1008).length >= 1, report);
+  const byServer = stats.closes.filter((c) => c === 1008 || c === 1006 || c === 0);
+  assert.ok(byServer.length >= 1, `${report} ${stats.closes}`);
   assert.ok(stats.retry.every((r) => r > 0), report);
-  // Reconnecting does not reset the user's budget: 40 at once, then 10 a second.
-  const seconds = 10; // far more than the flood lasted
-  assert.ok(stats.acks <= 40 + 10 * seconds, report);
+  // Reconnecting does not reset the user's budget: a burst, then the steady rate.
+  assert.ok(stats.acks <= userBurst + userRate * (seconds + 1), report);
   // The victim's latency: generous bounds, to catch a stalled server, not to time it.
   assert.ok(
     percentile(result.send, 0.5) < 3 * percentile(baseSend, 0.5) + 20,
@@ -231,12 +241,15 @@ Deno.test("group creation is rate limited, and the groups a user is in are cappe
   });
   await using a = await user(server, "maker");
   await using b = await user(server, "other");
-  const create = async (client: TestClient, isPublic = true) => {
+  // The answer is a conversation or an error: whichever comes, taken out of the queue.
+  const create = async (client: TestClient, isPublic = true): Promise<Frame> => {
     const name = `g${randomId(6)}`;
-    const ok = client.next("conversation", (f) => f.conversation.title === name);
-    const error = client.next("error", (f) => f.ref === "group.create");
     client.send({ type: "group.create", name, public: isPublic });
-    return await Promise.race([ok, error]);
+    const answer = (f: Frame) =>
+      (f.type === "conversation" && f.conversation.title === name) ||
+      (f.type === "error" && f.ref === "group.create");
+    await until(() => client.frames.some(answer), 5000, `an answer to creating ${name}`);
+    return client.frames.splice(client.frames.findIndex(answer), 1)[0];
   };
   const made = [await create(a), await create(a), await create(a)];
   assert.ok(made.every((f) => f.type === "conversation"));
@@ -246,7 +259,7 @@ Deno.test("group creation is rate limited, and the groups a user is in are cappe
   // b is in 3 groups of its own and joins a's: 4 is the cap.
   const own = [await create(b), await create(b), await create(b)];
   assert.ok(own.every((f) => f.type === "conversation"));
-  const groups = made.map((f) => (f as Frame).conversation.group.id as string);
+  const groups = made.map((f) => String(f.conversation.group?.id));
   b.send({ type: "group.join", group: groups[0] });
   await b.next("conversation", (f) => f.conversation.id === `g:${groups[0]}`);
   const full = b.next("error", (f) => f.ref === "group.join");

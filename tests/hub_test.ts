@@ -47,7 +47,8 @@ class FakeConn implements Connection {
   }
 }
 
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+const range = (from: number, to: number) =>
+  Array.from({ length: to - from + 1 }, (_, i) => from + i);
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
@@ -83,14 +84,13 @@ async function cluster(
   const nodes: TestNode[] = [];
   for (let i = 0; i < n; i++) {
     const bus = options.buses?.(i, kv) ?? network.join();
-    let hub!: Hub;
     const log = new MessageLog(kv, {
       retentionCount: 100_000,
       retentionMs: 86_400_000,
       relay: options.relay ? { node: `n${i}` } : undefined,
       onCommit: (messages) => hub.appended(messages),
     });
-    hub = new Hub({
+    const hub: Hub = new Hub({
       node: `n${i}`,
       log: options.logOf?.(log) ?? log,
       bus,
@@ -201,7 +201,14 @@ Deno.test("hub: a connection joining while a gap fill is in flight misses nothin
   // Written by another node: this hub hears only notices, without the messages.
   const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
   for (let i = 0; i < 10; i++) {
-    await writer.append({ conv: "lobby", id: `w${i}`, from: "w", name: "W", text: "t", kind: "text" });
+    await writer.append({
+      conv: "lobby",
+      id: `w${i}`,
+      from: "w",
+      name: "W",
+      text: "t",
+      kind: "text",
+    });
   }
   const first = new FakeConn("u1");
   attachLive(hub, first, { lobby: 0 });
@@ -329,7 +336,14 @@ Deno.test("hub: a new direct conversation reaches both users from its first mess
   attachLive(b.hub, carl, { lobby: 0 });
   const other = "d:ann:carl";
   for (let i = 0; i < 4; i++) {
-    await a.log.append({ conv: other, id: `x${i}`, from: "ann", name: "A", text: "t", kind: "text" });
+    await a.log.append({
+      conv: other,
+      id: `x${i}`,
+      from: "ann",
+      name: "A",
+      text: "t",
+      kind: "text",
+    });
   }
   b.hub.notify(other, 4);
   await until(() => carl.seqs(other).length === 4, "dm from a head");

@@ -35,11 +35,14 @@ Deno.test("log: consecutive sequence numbers per conversation", async () => {
     assert.deepEqual(a.map((r) => r.message.seq), [1, 2, 3]);
     assert.equal(b.message.seq, 1);
     assert.equal(await log.head("lobby"), 3);
-    assert.deepEqual(await log.heads(["lobby", "g:x", "g:none"]), new Map([
-      ["lobby", 3],
-      ["g:x", 1],
-      ["g:none", 0],
-    ]));
+    assert.deepEqual(
+      await log.heads(["lobby", "g:x", "g:none"]),
+      new Map([
+        ["lobby", 3],
+        ["g:x", 1],
+        ["g:none", 0],
+      ]),
+    );
     assert.ok(a.every((r) => !r.duplicate && r.message.ts > 0));
   });
 });
@@ -69,14 +72,22 @@ Deno.test("log: the same client id is stored once (same tick, later, or another 
 
 Deno.test("log: concurrent writers never share or skip a sequence", async () => {
   await withLog({}, async (log, kv) => {
-    const writers = [log, ...[1, 2].map(() => new MessageLog(kv, { retentionCount: 10_000, retentionMs: DAY }))];
+    const writers = [
+      log,
+      ...[1, 2].map(() => new MessageLog(kv, { retentionCount: 10_000, retentionMs: DAY })),
+    ];
     const results = await Promise.all(
-      Array.from({ length: 600 }, (_, i) =>
-        writers[i % 3].append(input(i % 2 ? "lobby" : "g:x", `m${i}`, `u${i % 5}`))),
+      Array.from(
+        { length: 600 },
+        (_, i) => writers[i % 3].append(input(i % 2 ? "lobby" : "g:x", `m${i}`, `u${i % 5}`)),
+      ),
     );
     for (const conv of ["lobby", "g:x"]) {
       const seqs = results.filter((r) => r.message.conv === conv).map((r) => r.message.seq);
-      assert.deepEqual(seqs.toSorted((a, b) => a - b), Array.from({ length: 300 }, (_, i) => i + 1));
+      assert.deepEqual(
+        seqs.toSorted((a, b) => a - b),
+        Array.from({ length: 300 }, (_, i) => i + 1),
+      );
       const stored = await log.range(conv, 0, 300);
       assert.deepEqual(stored.map((m) => m.seq), Array.from({ length: 300 }, (_, i) => i + 1));
     }
@@ -149,7 +160,7 @@ Deno.test("log: range and page", async () => {
     const older = await log.page("lobby", 21, 10);
     assert.deepEqual(older.messages.map((m) => m.seq), [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
     const oldest = await log.page("lobby", 3, 10);
-    assert.deepEqual(oldest, { messages: (await log.range("lobby", 0, 2)), more: false });
+    assert.deepEqual(oldest, { messages: await log.range("lobby", 0, 2), more: false });
     assert.equal(oldest.messages[1].text, "t1");
   });
 });

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { LocalNetwork } from "../chat/bus.ts";
 import { directConversation } from "../chat/protocol.ts";
 import { randomId } from "../chat/directory.ts";
-import { signIn, startServer, TestClient, tempKvPath, uniqueName } from "./_harness.ts";
+import { signIn, startServer, tempKvPath, TestClient, uniqueName } from "./_harness.ts";
 import type { Frame, TestServer } from "./_harness.ts";
 
 const ADMIN = "admin-token-for-tests-0123456789";

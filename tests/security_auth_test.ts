@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { canonicalName, checkUserName } from "../chat/names.ts";
 import { hashPassword, verifyPassword } from "../chat/auth.ts";
 import { SECRET_KEY, ticketKey } from "../chat/keys.ts";
-import { signIn, startServer, TestClient, tempKvPath, uniqueName, until } from "./_harness.ts";
+import { signIn, startServer, tempKvPath, TestClient, uniqueName, until } from "./_harness.ts";
 import type { TestServer } from "./_harness.ts";
 
 const PASSWORD = "correct horse battery";
@@ -432,7 +432,9 @@ Deno.test("origin: a handshake from a foreign Origin is refused; the own origin 
   const a = await signIn(server.url, uniqueName("ann"));
   const auth = { authorization: `Bearer ${a.token}` };
   const own = new URL(server.url).origin;
-  for (const origin of ["https://evil.example", "null", `${own}.evil.example`, "http://127.0.0.1"]) {
+  for (
+    const origin of ["https://evil.example", "null", `${own}.evil.example`, "http://127.0.0.1"]
+  ) {
     await expectRefused(server, { ...auth, origin }, 403, "forbidden");
     assert.equal(await tryConnect(server, { token: a.token, headers: { origin } }), "refused");
   }
@@ -476,7 +478,9 @@ Deno.test("sign-in attempts are limited per name and per address, with a retry t
   const statuses: number[] = [];
   let limited: HttpResult | undefined;
   for (let i = 0; i < 5; i++) {
-    const res = await call(server, "POST", "/api/session", { body: { name, password: `guess${i}xx` } });
+    const res = await call(server, "POST", "/api/session", {
+      body: { name, password: `guess${i}xx` },
+    });
     statuses.push(res.status);
     if (res.status === 429) limited ??= res;
   }
@@ -527,7 +531,11 @@ Deno.test("logs hold no passwords, tokens, tickets or message contents", async (
   const lines: string[] = [];
   const { log, error, warn, info } = console;
   const capture = (...args: unknown[]) => lines.push(args.map(String).join(" "));
-  console.log = console.error = console.warn = console.info = capture;
+  console.log =
+    console.error =
+    console.warn =
+    console.info =
+      capture;
   try {
     await using server = await startServer({ config: { CHAT_LOG_LEVEL: "debug" } });
     const secret = `pw-${crypto.randomUUID()}`;

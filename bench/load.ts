@@ -59,7 +59,7 @@ const connectConcurrency = Number(args.concurrency ?? 200);
 const stopOnFail = args["no-stop"] !== "true";
 /** A failed step is measured again when other processes used more than this much CPU (%). */
 const noiseLimit = Number(args["noise-limit"] ?? 15);
-const maxRetries = Number(args.retries ?? 2);
+const maxRetries = Number(args.retries ?? 3);
 const runTag = Math.random().toString(36).slice(2, 7);
 
 const hardStop = setTimeout(() => {
@@ -774,7 +774,10 @@ async function modeRounds() {
   const windows: Window[] = [];
   const roundsPer: number[] = [];
   let stalled = false;
-  for (let k = 0; k < reps && !stalled; k++) {
+  // Windows beside heavy foreign load are measured again: up to 3 × reps windows, keeping the
+  // `reps` quietest.
+  let quiet = 0;
+  for (let k = 0; quiet < reps && k < reps * (maxRetries + 1) && !stalled; k++) {
     const w = newWindow();
     const other = new OtherMeter();
     const srv = serverPid ? new CpuMeter(serverPid) : undefined;
@@ -795,6 +798,16 @@ async function modeRounds() {
     w.otherCpu = other.percent();
     windows.push(w);
     roundsPer.push(roundsIn / (windowMs / 1000));
+    if (!(w.otherCpu > noiseLimit)) quiet++;
+    else log(`window with ${round(w.otherCpu)}% CPU used by other processes: measuring again`);
+  }
+  if (windows.length > reps) {
+    const keep = windows.map((w, i) => [w.otherCpu, i]).sort((a, b) => a[0] - b[0]).slice(0, reps)
+      .map(([, i]) => i).sort((a, b) => a - b);
+    const kept = keep.map((i) => windows[i]);
+    const keptRounds = keep.map((i) => roundsPer[i]);
+    windows.splice(0, windows.length, ...kept);
+    roundsPer.splice(0, roundsPer.length, ...keptRounds);
   }
   running = false;
   await waitFor(() => roundDelivered === perRound, drainMs);
@@ -858,12 +871,26 @@ async function modeDm() {
       w.hist.add(performance.now() - t);
     }
   };
+  // `--pairs fixed` (default): a random pairing of the online users, so conversations repeat as
+  // in real use; `--pairs random`: a new random pair per message (mostly new conversations).
+  const fixedPairs = (args.pairs ?? "fixed") === "fixed";
+  const order = clients.map((_, i) => i).sort(() => Math.random() - 0.5);
+  const partner = new Array<number>(N);
+  for (let j = 0; j + 1 < N; j += 2) {
+    partner[order[j]] = order[j + 1];
+    partner[order[j + 1]] = order[j];
+  }
+  if (N % 2) partner[order[N - 1]] = order[0];
   let seq = 0;
   const sendOne = () => {
-    const from = clients[Math.floor(Math.random() * N)];
+    const fromIndex = Math.floor(Math.random() * N);
+    const from = clients[fromIndex];
     let to: Client;
     const toOffline = offlineCount > 0 && Math.random() < offlineFraction;
-    if (toOffline) to = offline[Math.floor(Math.random() * offlineCount)];
+    if (fixedPairs) {
+      // Each user talks to one partner (a random pairing) and has one offline friend.
+      to = toOffline ? offline[fromIndex % offlineCount] : clients[partner[fromIndex]];
+    } else if (toOffline) to = offline[Math.floor(Math.random() * offlineCount)];
     else {
       do to = clients[Math.floor(Math.random() * N)]; while (to === from);
     }

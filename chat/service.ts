@@ -72,13 +72,19 @@ interface Client {
   sends: TokenBucket;
   frames: TokenBucket;
   strikes: number;
+  /** When the current window of strikes began. */
+  strikesSince: number;
   /** Resolves once the welcome is sent and the connection attached. */
   opened: Promise<void>;
+  /** The frame being applied; the next one waits for it. */
+  chain: Promise<void>;
   live: boolean;
 }
 
 /** Close code when a client keeps going over its rate limit. */
 export const CLOSE_POLICY = 1008;
+/** The window in which rate-limit strikes add up. */
+export const STRIKE_WINDOW_MS = 10_000;
 /** Close code for a frame over the size cap. */
 export const CLOSE_TOO_BIG = 1009;
 
@@ -90,7 +96,6 @@ export class ChatService {
   readonly #clients = new Map<string, Client>();
   readonly #userSends: KeyedLimiter;
   readonly #groupCreates: KeyedLimiter;
-  readonly #blockCache = new Map<string, { blocked: boolean; at: number }>();
   readonly limits: Limits;
 
   constructor(deps: ServiceDeps) {
@@ -128,7 +133,9 @@ export class ChatService {
       sends: new TokenBucket(c.CHAT_RATE_BURST, c.CHAT_RATE_PER_SECOND),
       frames: new TokenBucket(c.CHAT_RATE_BURST * 4, c.CHAT_RATE_PER_SECOND * 6 + 10),
       strikes: 0,
+      strikesSince: 0,
       opened: Promise.resolve(),
+      chain: Promise.resolve(),
       live: false,
     };
     this.#clients.set(conn.id, client);
@@ -243,37 +250,62 @@ export class ChatService {
     this.#deps.metrics.framesIn++;
     let frame: ClientFrame | undefined;
     try {
+      // Charged before parsing: a flood of garbage costs its sender like any other flood.
+      this.#charge(client, false);
       frame = parseClientFrame(text);
-      this.#takeBudget(client, frame.type === "send");
+      if (frame.type === "send") this.#charge(client, true);
+    } catch (error) {
+      return this.#fail(client, error, frame?.type, frame?.type === "send" ? frame.id : undefined);
+    }
+    const parsed = frame;
+    // A connection's frames take effect in the order sent: each waits for the one before to be
+    // applied (for a send: queued in the log, so sequence numbers follow the sending order).
+    const run = client.chain.then(() => this.#apply(client, parsed));
+    client.chain = run;
+    await run;
+  }
+
+  async #apply(client: Client, frame: ClientFrame): Promise<void> {
+    try {
       await client.opened;
       if (!client.live) {
         client.live = true;
-        if (frame.type !== "resume") this.#deps.hub.live(conn.id);
+        if (frame.type !== "resume") this.#deps.hub.live(client.conn.id);
       }
       await this.#dispatch(client, frame);
     } catch (error) {
-      this.#fail(client, error, frame?.type, frame?.type === "send" ? frame.id : undefined);
+      this.#fail(client, error, frame.type, frame.type === "send" ? frame.id : undefined);
     }
   }
 
   /** Sends an error frame for a frame the client could not send (binary, say). */
   reject(conn: Connection, error: ChatError): void {
     const client = this.#clients.get(conn.id);
-    if (client) this.#fail(client, error);
+    if (!client) return;
+    try {
+      this.#charge(client, false);
+    } catch (limited) {
+      return this.#fail(client, limited);
+    }
+    this.#fail(client, error);
   }
 
-  #takeBudget(client: Client, isSend: boolean): void {
+  /**
+   * Takes a token from the frame budget, or for a send from the connection's and the user's
+   * send budgets. Refusals are strikes; more than `CHAT_RATE_STRIKES` of them within
+   * {@linkcode STRIKE_WINDOW_MS} close the socket with 1008.
+   */
+  #charge(client: Client, isSend: boolean): void {
     const now = Date.now();
-    const takes = [client.frames.take(now)];
-    if (isSend) {
-      takes.push(client.sends.take(now), this.#userSends.take(client.user.id, now));
-    }
-    const refused = takes.find((t) => !t.ok);
-    if (!refused) {
-      client.strikes = 0;
-      return;
-    }
+    const refused = isSend
+      ? [client.sends.take(now), this.#userSends.take(client.user.id, now)].find((t) => !t.ok)
+      : [client.frames.take(now)].find((t) => !t.ok);
+    if (!refused) return;
     this.#deps.metrics.rateLimited++;
+    if (now - client.strikesSince > STRIKE_WINDOW_MS) {
+      client.strikes = 0;
+      client.strikesSince = now;
+    }
     if (++client.strikes > this.#deps.config.CHAT_RATE_STRIKES) {
       client.conn.close(CLOSE_POLICY, "Rate limit exceeded repeatedly");
     }
@@ -316,8 +348,14 @@ export class ChatService {
     const user = client.user;
     switch (frame.type) {
       case "send": {
-        const ack = await this.post(user, frame, client.conn.id);
-        this.#reply(client, ack);
+        // Waits until the message is queued in the log, not until it is stored: the ack
+        // follows on its own, and the connection's next frame need not wait for the commit.
+        await new Promise<void>((queued) => {
+          this.post(user, frame, client.conn.id, queued).then(
+            (ack) => this.#reply(client, ack),
+            (error) => this.#fail(client, error, "send", frame.id),
+          ).finally(queued);
+        });
         return;
       }
       case "history": {
@@ -368,7 +406,6 @@ export class ChatService {
         const blocked = frame.type === "user.block";
         if (frame.user === user.id) throw new ChatError("bad_frame", "Cannot block yourself");
         await directory.setBlocked(user.id, frame.user, blocked);
-        this.#blockCache.delete(`${user.id}:${frame.user}`);
         hub.sendToUser(user.id, { type: "blocked", user: frame.user, blocked });
         return;
       }
@@ -399,9 +436,14 @@ export class ChatService {
    * @throws {ChatError} `not_found` (no such conversation, or not yours), `forbidden` (blocked),
    * `too_large`, `bad_frame`
    */
-  post(user: UserRecord, input: PostInput, connId?: string): Promise<ServerFrameOf<"ack">> {
+  post(
+    user: UserRecord,
+    input: PostInput,
+    connId?: string,
+    queued?: () => void,
+  ): Promise<ServerFrameOf<"ack">> {
     return withSpan("chat.post", { "chat.transport": connId ? "socket" : "api" }, async (span) => {
-      const ack = await this.#post(user, input, connId);
+      const ack = await this.#post(user, input, connId, queued);
       span?.setAttributes({
         "chat.conv.kind": parseConversation(ack.conv).kind,
         "chat.seq": ack.seq,
@@ -415,6 +457,7 @@ export class ChatService {
     user: UserRecord,
     input: PostInput,
     connId?: string,
+    queued?: () => void,
   ): Promise<ServerFrameOf<"ack">> {
     checkText(input.text, this.#deps.config.CHAT_MAX_MESSAGE_BYTES, utf8Length);
     let conv: ConversationId;
@@ -432,19 +475,18 @@ export class ChatService {
       throw new ChatError("bad_frame", "Invalid send frame: expected conv or to");
     }
     await this.#authorizePost(user, conv, connId);
-    const { message, duplicate } = await withSpan(
-      "chat.kv.append",
-      {},
-      () =>
-        this.#deps.log.append({
-          conv,
-          id: input.id,
-          from: user.id,
-          name: user.name,
-          text: input.text,
-          kind: "text",
-        }),
-    );
+    const { message, duplicate } = await withSpan("chat.kv.append", {}, () => {
+      const appended = this.#deps.log.append({
+        conv,
+        id: input.id,
+        from: user.id,
+        name: user.name,
+        text: input.text,
+        kind: "text",
+      });
+      queued?.();
+      return appended;
+    });
     const ack: ServerFrameOf<"ack"> = {
       type: "ack",
       id: input.id,
@@ -461,7 +503,9 @@ export class ChatService {
     const parsed = parseConversation(conv);
     if (parsed.kind === "direct") {
       const [a, b] = parsed.users;
-      if (a !== user.id && b !== user.id) throw notFound(conv);
+      if ((a !== user.id && b !== user.id) || conv !== directConversation(a, b)) {
+        throw notFound(conv);
+      }
       if (a === b) throw new ChatError("bad_frame", "Cannot send a direct message to yourself");
       const peer = a === user.id ? b : a;
       if (!(connId && this.#deps.hub.isSubscribed(connId, conv))) {
@@ -491,6 +535,7 @@ export class ChatService {
       case "group":
         return await this.#deps.directory.isMember(parsed.group, user);
       case "direct":
+        if (conv !== directConversation(...parsed.users)) return false;
         // `d:<me>:<me>` holds the notices pushed to me: mine to read, no one's to write.
         if (parsed.users[0] === parsed.users[1]) return parsed.users[0] === user;
         return parsed.users.includes(user) &&
@@ -498,15 +543,9 @@ export class ChatService {
     }
   }
 
+  /** Whether `user` blocks `other`, read from KV each time so a block holds on every node at once. */
   async #blocks(user: UserId, other: UserId): Promise<boolean> {
-    const key = `${user}:${other}`;
-    const cached = this.#blockCache.get(key);
-    const now = Date.now();
-    if (cached && now - cached.at < 5000) return cached.blocked;
-    const blocked = await this.#deps.directory.blocks(user, other);
-    if (this.#blockCache.size > 50_000) this.#blockCache.clear();
-    this.#blockCache.set(key, { blocked, at: now });
-    return blocked;
+    return await this.#deps.directory.blocks(user, other);
   }
 
   /**

@@ -30,7 +30,7 @@ const base: Omit<CheckerOptions, "bus"> = {
   doubleConnected: 4,
   groups: 3,
   groupSize: 6,
-  perClient: 60,
+  perClient: 100,
   // Bursts far over BroadcastChannel's 256 pending posts.
   bursts: [{ target: "group", count: 700 }, { target: "lobby", count: 400 }],
   log: (line) => console.log(`  ${line}`),
@@ -38,18 +38,18 @@ const base: Omit<CheckerOptions, "bus"> = {
 
 const faults: Omit<CheckerOptions, "bus"> = {
   ...base,
-  perClient: 150,
-  kills: 2,
-  disconnects: 40,
+  perClient: 300,
+  kills: 3,
+  disconnects: 60,
   resumeLimit: 200,
 };
 
 function assertFaults(v: Verdict): void {
   assertClean(v);
-  assert.equal(v.faults.kills, 2);
-  assert.equal(v.restarts.length, 2);
-  assert.equal(v.catchUpMs.length, 2, "clients caught up after each restart");
-  assert.equal(v.faults.disconnects, 40);
+  assert.equal(v.faults.kills, 3);
+  assert.equal(v.restarts.length, 3);
+  assert.equal(v.catchUpMs.length, 3, "clients caught up after each restart");
+  assert.equal(v.faults.disconnects, 60);
 }
 
 for (const bus of ["broadcast", "kv", "broadcast,kv"]) {
@@ -59,7 +59,7 @@ for (const bus of ["broadcast", "kv", "broadcast,kv"]) {
 }
 
 for (const bus of ["broadcast", "kv", "broadcast,kv"]) {
-  Deno.test(`delivery under faults: CHAT_BUS=${bus}, SIGKILL and restart ×2, 40 disconnects`, async () => {
+  Deno.test(`delivery under faults: CHAT_BUS=${bus}, SIGKILL and restart ×3, 60 disconnects`, async () => {
     assertFaults(await runChecker({ ...faults, bus }));
   });
 }

@@ -340,8 +340,6 @@ Deno.test("idle sockets that do not answer the runtime's pings are closed; live 
 });
 
 Deno.test({
-  // Needs chat/service.ts to charge a frame's budget before parsing it (see the report).
-  ignore: true,
   name: "a flood of invalid or binary frames is limited and closed with 1008 too",
   async fn() {
     await using server = await startServer();

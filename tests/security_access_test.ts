@@ -283,8 +283,6 @@ Deno.test("blocking: a blocked user can send no more direct messages; unblocking
 });
 
 Deno.test({
-  // Needs the block cache of chat/service.ts to be invalidated on every node (see the report).
-  ignore: true,
   name: "blocking: takes effect at once when the two users are on different nodes",
   async fn() {
     const kvPath = await tempKvPath();

@@ -14,6 +14,8 @@
  *
  * @module
  */
+import { bump, politeCloser, socketCounts } from "./socket_policy.ts";
+import type { PoliteCloser } from "./socket_policy.ts";
 import type { Context, Hono } from "hono";
 import type { UserRecord } from "../chat/directory.ts";
 import { randomId } from "../chat/directory.ts";
@@ -209,8 +211,6 @@ export function parseLegacy(text: string): LegacyRequest {
 }
 
 // Per node, not per module: tests run several nodes in one process.
-/** Open legacy sockets per address. */
-const addressCounts = new WeakMap<ChatNode, Map<string, number>>();
 /** Sign-ins per address. */
 const signIns = new WeakMap<ChatNode, KeyedLimiter>();
 
@@ -229,10 +229,12 @@ class LegacyClient {
   /** Who this client was told is online. */
   readonly #seen = new Set<UserId>();
   #closed = false;
+  readonly #closer: PoliteCloser;
 
   constructor(node: ChatNode, socket: WebSocket, address: string) {
     this.#node = node;
     this.#socket = socket;
+    this.#closer = politeCloser(socket);
     this.#address = address;
     const c = node.config;
     this.#sends = new TokenBucket(c.CHAT_RATE_BURST, c.CHAT_RATE_PER_SECOND);
@@ -248,7 +250,7 @@ class LegacyClient {
   }
 
   #close(code: number, reason: string): void {
-    if (this.#socket.readyState <= WebSocket.OPEN) this.#socket.close(code, reason);
+    this.#closer.close(code, reason);
   }
 
   #fail(error: unknown): void {
@@ -266,7 +268,7 @@ class LegacyClient {
   }
 
   #onMessage(data: unknown): void {
-    if (this.#closed) return;
+    if (!this.#closer.frame() || this.#closed) return;
     const maxBytes = this.#node.config.CHAT_MAX_FRAME_BYTES;
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : (data as ArrayBuffer).byteLength;
@@ -468,18 +470,10 @@ class LegacyClient {
   #onClose(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const addresses = addressesOf(this.#node);
-    const n = (addresses.get(this.#address) ?? 1) - 1;
-    if (n <= 0) addresses.delete(this.#address);
-    else addresses.set(this.#address, n);
+    this.#closer.dispose();
+    bump(socketCounts(this.#node).addresses, this.#address, -1);
     if (this.#conn) this.#node.service.close(this.#conn);
   }
-}
-
-function addressesOf(node: ChatNode): Map<string, number> {
-  let addresses = addressCounts.get(node);
-  if (!addresses) addressCounts.set(node, addresses = new Map());
-  return addresses;
 }
 
 function randomInt(below: number): number {
@@ -500,7 +494,7 @@ export function legacyHandler(node: ChatNode, c: Context): Response {
     return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
   }
   const address = addressOf(c);
-  const addresses = addressesOf(node);
+  const { addresses } = socketCounts(node);
   const max = node.config.CHAT_MAX_CONNECTIONS_PER_ADDRESS;
   if ((addresses.get(address) ?? 0) >= max) {
     node.metrics.refusedUpgrades++;
@@ -509,7 +503,7 @@ export function legacyHandler(node: ChatNode, c: Context): Response {
   const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
     idleTimeout: node.config.CHAT_IDLE_TIMEOUT_SECONDS,
   });
-  addresses.set(address, (addresses.get(address) ?? 0) + 1);
+  bump(addresses, address, 1);
   new LegacyClient(node, socket, address);
   return response;
 }

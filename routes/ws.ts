@@ -12,37 +12,12 @@ import { randomId } from "../chat/directory.ts";
 import type { Connection } from "../chat/hub.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { ChatError, utf8Length } from "../chat/protocol.ts";
-import { CLOSE_POLICY, CLOSE_TOO_BIG } from "../chat/service.ts";
+import { CLOSE_TOO_BIG } from "../chat/service.ts";
+import { bump, politeCloser, socketCounts } from "./socket_policy.ts";
 import { errorJson } from "./errors.ts";
 import { addressOf, authenticate, originAllowed } from "./session.ts";
 
 export { originAllowed };
-
-/** Milliseconds without inbound frames before a policy close frame is sent. */
-const CLOSE_QUIET_MS = 50;
-/** Longest wait for that pause; then the socket is closed anyway. */
-const CLOSE_DRAIN_MAX_MS = 1000;
-
-/** Open (or opening) sockets of one node, per address and per user. */
-interface Counts {
-  addresses: Map<string, number>;
-  users: Map<string, number>;
-}
-
-// Per node, not per module: tests run several nodes in one process.
-const counts = new WeakMap<ChatNode, Counts>();
-
-function countsOf(node: ChatNode): Counts {
-  let c = counts.get(node);
-  if (!c) counts.set(node, c = { addresses: new Map(), users: new Map() });
-  return c;
-}
-
-function bump(map: Map<string, number>, key: string, by: number): void {
-  const n = (map.get(key) ?? 0) + by;
-  if (n <= 0) map.delete(key);
-  else map.set(key, n);
-}
 
 function refuse(
   node: ChatNode,
@@ -84,7 +59,7 @@ function overLimit(
   address: string,
 ): Response | undefined {
   const config = node.config;
-  const { users, addresses } = countsOf(node);
+  const { users, addresses } = socketCounts(node);
   const perUser = Math.max(users.get(user.id) ?? 0, node.service.connectionsOf(user.id));
   if (perUser >= config.CHAT_MAX_CONNECTIONS_PER_USER) {
     return refuse(
@@ -121,13 +96,7 @@ export function upgrade(
   const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
     idleTimeout: node.config.CHAT_IDLE_TIMEOUT_SECONDS,
   });
-  // A server socket that gets a data frame after it sent its close frame drops the connection
-  // without that frame (Deno 2.9), so a client still sending would never learn why it was closed.
-  // For a policy or size close, frames are first ignored until the client pauses (or a second
-  // passes), then the close frame goes out.
-  let lastFrameAt = 0;
-  let closeRequested = false;
-  let drain: ReturnType<typeof setTimeout> | undefined;
+  const closer = politeCloser(socket);
   const conn: Connection = {
     id: randomId(16),
     user: { id: user.id, name: user.name },
@@ -135,31 +104,10 @@ export function upgrade(
       if (socket.readyState === WebSocket.OPEN) socket.send(data);
     },
     bufferedAmount: () => socket.bufferedAmount,
-    close: (code, reason) => {
-      if (socket.readyState > WebSocket.OPEN) return;
-      const patient = code === CLOSE_POLICY || code === CLOSE_TOO_BIG;
-      if (closeRequested && patient) return;
-      closeRequested = true;
-      clearTimeout(drain);
-      const deadline = Date.now() + CLOSE_DRAIN_MAX_MS;
-      const attempt = () => {
-        drain = undefined;
-        if (socket.readyState > WebSocket.OPEN) return;
-        const quiet = Date.now() - lastFrameAt;
-        if (
-          !patient || socket.readyState !== WebSocket.OPEN || quiet >= CLOSE_QUIET_MS ||
-          Date.now() >= deadline
-        ) {
-          socket.close(code, reason);
-        } else {
-          drain = setTimeout(attempt, CLOSE_QUIET_MS - quiet);
-        }
-      };
-      attempt();
-    },
+    close: closer.close,
   };
   // Counted from the upgrade, not from `open`: concurrent handshakes cannot pass the limits.
-  const { users, addresses } = countsOf(node);
+  const { users, addresses } = socketCounts(node);
   bump(addresses, address, 1);
   bump(users, user.id, 1);
   const maxBytes = node.config.CHAT_MAX_FRAME_BYTES;
@@ -167,7 +115,7 @@ export function upgrade(
   const onClose = () => {
     if (closed) return;
     closed = true;
-    clearTimeout(drain);
+    closer.dispose();
     bump(addresses, address, -1);
     bump(users, user.id, -1);
     node.service.close(conn);
@@ -176,8 +124,7 @@ export function upgrade(
     node.service.open(conn, user);
   };
   socket.onmessage = (event: MessageEvent) => {
-    lastFrameAt = Date.now();
-    if (closeRequested) return;
+    if (!closer.frame()) return;
     const data = event.data;
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : (data as ArrayBuffer).byteLength;

@@ -661,7 +661,20 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     const users = await Promise.all(
       Array.from({ length: nUsers }, (_, i) => signIn(server.url, `chk${seed % 10000}u${i}`)),
     );
-    const setup = await Promise.all(users.map((u) => TestClient.connect(server, u.token)));
+    // Setup is not what is checked: a connection refused under load (CI runs test files in
+    // parallel) is tried again.
+    const connectSetup = async (token: string): Promise<TestClient> => {
+      for (let attempt = 1;; attempt++) {
+        try {
+          return await TestClient.connect(server, token);
+        } catch (error) {
+          if (attempt >= 3) throw error;
+          log(`setup connection failed (${(error as Error).message}), retrying`);
+          await sleep(200);
+        }
+      }
+    };
+    const setup = await Promise.all(users.map((u) => connectSetup(u.token)));
     const groupConvs: { conv: string; members: number[] }[] = [];
     const nGroups = (options.groups ?? 3) + (options.stall ? 1 : 0);
     for (let g = 0; g < nGroups; g++) {
@@ -1026,6 +1039,12 @@ export async function runChecker(options: CheckerOptions): Promise<Verdict> {
     }
     verdict.durationMs = Date.now() - started;
     return verdict;
+  } catch (error) {
+    // What the server said is the first thing to read when a run breaks.
+    const output = server.output().slice(-3000);
+    throw new Error(`${(error as Error).message}\n--- server output ---\n${output}`, {
+      cause: error,
+    });
   } finally {
     raw?.close();
     await Promise.all(clients.map((c) => c.stop()));

@@ -123,6 +123,20 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   }
 }
 
-export default {
+let listening = false;
+const server = {
   fetch: (request: Request, info: Deno.ServeHandlerInfo) => app.fetch(request, info),
+  onListen(addr: Deno.Addr) {
+    listening = true;
+    node.logger.info("listening", { addr });
+  },
 } satisfies Deno.ServeDefaultExport;
+export default server;
+
+// Deno Deploy starts the entrypoint like `deno run`, where nothing serves a default export: serve
+// it here then. (Under `deno serve` the server has called onListen before this timer fires.)
+if (Deno.env.get("DENO_DEPLOY")) {
+  setTimeout(() => {
+    if (!listening) Deno.serve({ onListen: server.onListen }, server.fetch);
+  }, 0);
+}

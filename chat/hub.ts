@@ -150,6 +150,9 @@ export class Hub {
   readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   #n = 0;
   #closed = false;
+  /** Whether the bus was healthy at the last beat, and since when it is healthy again. */
+  #busHealthy = true;
+  #healthySince = 0;
 
   constructor(options: HubOptions) {
     this.#options = options;
@@ -758,16 +761,40 @@ export class Hub {
 
   #beat(): void {
     this.presence.tick();
+    const healthy = this.#options.bus.healthy();
+    if (!healthy) this.#busHealthy = false;
+    else if (!this.#busHealthy) {
+      // Back after an outage: what was published meanwhile is lost. Repeat our recent heads
+      // for another window (below), and repair every room here from the log.
+      this.#busHealthy = true;
+      this.#healthySince = Date.now();
+      void this.#repairRooms();
+    }
     // Repeat the newest sequence of recently active conversations: a node that missed an
     // `append` (a lossy bus) learns of it here and fills the gap from the log.
     const now = Date.now();
     const heads: Record<ConversationId, number> = {};
     let count = 0;
     for (const [conv, { seq, at }] of this.#recent) {
-      if (now - at > 10_000) this.#recent.delete(conv);
+      // Kept while the bus is down, and for 10 s after it is back.
+      if (healthy && now - Math.max(at, this.#healthySince) > 10_000) this.#recent.delete(conv);
       else if (count++ < 500) heads[conv] = seq;
     }
     if (count) this.publish({ k: "heads", heads });
+  }
+
+  /** Reads the head of every conversation with a room here and delivers what is new. */
+  async #repairRooms(): Promise<void> {
+    const convs = [...this.#rooms.keys()];
+    for (let i = 0; i < convs.length && !this.#closed; i += 10) {
+      const batch = convs.slice(i, i + 10);
+      try {
+        const heads = await Promise.all(batch.map((conv) => this.#options.log.head(conv)));
+        batch.forEach((conv, j) => this.notify(conv, heads[j]));
+      } catch (error) {
+        this.#options.onError?.(error, "repair after bus outage");
+      }
+    }
   }
 
   #typingLocal(conv: ConversationId, user: UserInfo): void {

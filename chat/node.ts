@@ -142,6 +142,9 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
       stopped ??= (async () => {
         draining = true;
         logger.info("node_stopping", { connections: hub.connections });
+        // Clients stop sending, and what they sent is acked before their sockets close.
+        hub.announceRestart();
+        await log.flush();
         service.closeAll();
         await log.close();
         await bus.close();

@@ -363,10 +363,6 @@ Deno.test({
 
 Deno.test({
   name: "an outage longer than the 10 s heads window loses nothing",
-  // TODO(lead): remove `ignore` once the hub repairs its rooms from KV when its bus is healthy
-  // again (Hub#beat forgets conversations after 10 s, so without it a message stored during a
-  // longer outage reaches B's live client only with the conversation's next message).
-  ignore: Deno.env.get("CHAT_TEST_LONG_OUTAGE") !== "1",
   async fn() {
     await using c = await cluster();
     await outage(c, "long", 12_000);
@@ -375,9 +371,6 @@ Deno.test({
 
 Deno.test({
   name: "only the sender loses Redis for longer than 10 s: nothing is lost",
-  // TODO(lead): remove `ignore` with the test above, once the hub keeps its recent heads while
-  // its bus is down and repeats them for 10 s after it is back.
-  ignore: Deno.env.get("CHAT_TEST_LONG_OUTAGE") !== "1",
   async fn() {
     await using c = await cluster({ proxyA: true });
     const { a, b, ca, cb, dm, group } = c;

@@ -311,12 +311,6 @@ export type ServerFrame =
     changes: { user: UserInfo; online: boolean }[];
   }
   | { type: "online"; users: UserInfo[] }
-  | {
-    type: "member";
-    conv: ConversationId;
-    user: UserInfo;
-    event: "joined" | "left" | "removed" | "added";
-  }
   | { type: "conversation"; conversation: ConversationInfo }
   | { type: "conversation.removed"; conv: ConversationId }
   | { type: "members"; group: string; members: (UserInfo & { online: boolean })[] }

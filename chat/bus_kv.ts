@@ -30,6 +30,8 @@ interface BatchEntry {
   envelopes: Envelope[];
 }
 
+/** The shortest gap between two reads of the relay log. */
+const MIN_READ_GAP_MS = 10;
 const MAX_VALUE_CHARS = 55_000;
 
 /** A {@linkcode Bus} over a relay log in Deno KV. */
@@ -44,6 +46,8 @@ export class KvBus implements Bus {
   #last: Deno.KvKey | null = null;
   #reading = false;
   #again = false;
+  #readTimer: ReturnType<typeof setTimeout> | undefined;
+  #lastReadAt = 0;
   #closed = false;
   #healthy = true;
   #watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | null = null;
@@ -96,6 +100,7 @@ export class KvBus implements Bus {
     }
     this.#closed = true;
     clearInterval(this.#poll);
+    clearTimeout(this.#readTimer);
     const watch = this.#watch;
     this.#watch = null;
     await watch?.cancel().catch(() => {});
@@ -123,7 +128,7 @@ export class KvBus implements Bus {
         for (;;) {
           const { done } = await reader.read();
           if (done || this.#closed) break;
-          this.#read();
+          this.#soon();
         }
       } catch {
         this.#healthy = false;
@@ -185,6 +190,21 @@ export class KvBus implements Bus {
     } catch {
       // The receiver reports its own errors.
     }
+  }
+
+  /**
+   * Reads the log soon: at most one read per {@linkcode MIN_READ_GAP_MS}. Every commit of this
+   * node's log touches the watched key too, so a busy node would otherwise list the log after
+   * each of its own commits.
+   */
+  #soon(): void {
+    if (this.#readTimer !== undefined || this.#closed) return;
+    const wait = Math.max(0, this.#lastReadAt + MIN_READ_GAP_MS - Date.now());
+    this.#readTimer = setTimeout(() => {
+      this.#readTimer = undefined;
+      this.#lastReadAt = Date.now();
+      this.#read();
+    }, wait);
   }
 
   /** Lists the log after the last entry read; one reader at a time, rerun if asked meanwhile. */

@@ -827,14 +827,20 @@ export class Hub {
   #presenceChanged(user: UserInfo, online: boolean): void {
     this.#presenceChanges.push({ user, online });
     if (this.#presenceTimer !== undefined || this.#closed) return;
-    // Coalesce: a burst of sign-ins is one frame per connection, not one per sign-in.
+    // Coalesce: a burst of sign-ins is one frame per connection, not one per sign-in. Every
+    // flush goes to every connection, so the more connections, the rarer the flushes (100 ms
+    // for a few hundred, up to 2 s for ten thousand): otherwise n sign-ins cost n² frames.
+    const delay = Math.min(2000, 100 + this.#members.size / 5);
     this.#presenceTimer = setTimeout(() => {
       this.#presenceTimer = undefined;
-      const changes = this.#presenceChanges;
+      // Only the last change of each user within one flush is sent.
+      const last = new Map<string, { user: UserInfo; online: boolean }>();
+      for (const change of this.#presenceChanges) last.set(change.user.id, change);
       this.#presenceChanges = [];
+      const changes = [...last.values()];
       const data = JSON.stringify({ type: "presence", changes } satisfies ServerFrame);
       for (const member of this.#members.values()) this.#write(member, data);
-    }, 100);
+    }, delay);
   }
 }
 

@@ -288,7 +288,7 @@ export type ServerFrame =
     user: UserInfo;
     node: string;
     conversations: ConversationInfo[];
-    /** Users online now (at most 500; `onlineCount` says how many in all). */
+    /** Users online now (at most 200; `onlineCount` says how many in all). */
     online: UserInfo[];
     onlineCount: number;
     limits: Limits;

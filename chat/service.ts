@@ -83,6 +83,8 @@ interface Client {
 
 /** Close code when a client keeps going over its rate limit. */
 export const CLOSE_POLICY = 1008;
+/** Online users listed in a welcome; `presence.list` gives more. */
+const WELCOME_ONLINE = 200;
 /** The window in which rate-limit strikes add up. */
 export const STRIKE_WINDOW_MS = 10_000;
 /** Close code for a frame over the size cap. */
@@ -152,7 +154,7 @@ export class ChatService {
     const conversations = await this.conversationsOf(user);
     if (!this.#clients.has(conn.id)) return;
     const { hub } = this.#deps;
-    const online = hub.presence.online(500);
+    const online = hub.presence.online(WELCOME_ONLINE);
     if (!hub.presence.isOnline(user.id)) online.unshift(info(user));
     const frame: ServerFrameOf<"welcome"> = {
       type: "welcome",

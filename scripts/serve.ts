@@ -15,14 +15,15 @@ const kvPath = Deno.env.get("CHAT_KV_PATH") || "data/chat.kv";
 const remote = /^https?:\/\//.test(kvPath) || kvPath === ":memory:";
 const kvDir = kvPath.includes("/") ? kvPath.slice(0, kvPath.lastIndexOf("/")) : ".";
 
+const staticDir = new URL("../static", import.meta.url).pathname;
 const watch = Deno.args.includes("--watch");
 const args = [
   "serve",
   "--parallel",
   "--allow-net",
   "--allow-env",
-  "--allow-read",
-  "--allow-sys=hostname,osRelease,networkInterfaces",
+  // The web client's files and the KV folder: nothing else is read or written.
+  `--allow-read=${staticDir}${remote ? "" : `,${kvDir}`}`,
   ...(remote ? [] : [`--allow-write=${kvDir}`]),
   ...(watch ? ["--watch"] : []),
   "--port",

@@ -87,9 +87,7 @@ export class Histogram {
     for (let i = 0; i <= Histogram.BUCKETS; i++) {
       seen += this.counts[i];
       if (seen >= target) {
-        return i === Histogram.BUCKETS
-          ? this.max
-          : Math.min(this.max, (i + 1) * Histogram.RES);
+        return i === Histogram.BUCKETS ? this.max : Math.min(this.max, (i + 1) * Histogram.RES);
       }
     }
     return this.max;
@@ -130,5 +128,4 @@ export function round(x: number, digits = 2): number {
 }
 
 /** Resolves after `ms` milliseconds. */
-export const sleep = (ms: number) =>
-  new Promise<void>((r) => setTimeout(r, ms));
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -67,8 +67,7 @@ const hardStop = setTimeout(() => {
   Deno.exit(3);
 }, maxSeconds * 1000);
 
-const log = (...a: unknown[]) =>
-  console.error(`[load ${target} ${mode}]`, ...a);
+const log = (...a: unknown[]) => console.error(`[load ${target} ${mode}]`, ...a);
 
 // ---- Clients and adapters -------------------------------------------------------------------
 
@@ -240,9 +239,9 @@ function oursAdapter(): Adapter {
     },
     encode: (c, payload, to) =>
       to
-        ? `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","to":"${
-          to.user!.id
-        }","text":${JSON.stringify(payload)}}`
+        ? `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","to":"${to.user!.id}","text":${
+          JSON.stringify(payload)
+        }}`
         : `{"type":"send","id":"${runTag}-${c.i}-${++msgCounter}","conv":"${conv}","text":${
           JSON.stringify(payload)
         }}`,
@@ -282,9 +281,7 @@ function handleText(c: Client, data: unknown) {
     c.received++;
     onBench(c, parseFloat(data.slice(k + tLen, k + tLen + 24)), () => {
       const j = data.indexOf(sKey, k);
-      return j < 0
-        ? -1
-        : parseInt(data.slice(j + sKey.length, j + sKey.length + 12));
+      return j < 0 ? -1 : parseInt(data.slice(j + sKey.length, j + sKey.length + 12));
     });
   } else {
     adapter.onFrame(c, data);
@@ -455,9 +452,7 @@ function closeAll(clients: Client[]) {
   }
 }
 
-const padding = Number(args.pad ?? 0) > 0
-  ? `,"p":"${"x".repeat(Number(args.pad))}"`
-  : "";
+const padding = Number(args.pad ?? 0) > 0 ? `,"p":"${"x".repeat(Number(args.pad))}"` : "";
 
 function payload(t: number, s: number, i: number): string {
   return `{"t":${t.toFixed(3)},"s":${s},"i":${i}${padding}}`;
@@ -499,9 +494,7 @@ class OtherMeter {
     const dt = performance.now() - this.#t0;
     const mine = (serverPid ? cpuMs(serverPid) : 0) + cpuMs(Deno.pid) -
       this.#mine0;
-    return dt > 0
-      ? Math.max(0, ((systemBusyMs() - this.#all0 - mine) / dt) * 100)
-      : NaN;
+    return dt > 0 ? Math.max(0, ((systemBusyMs() - this.#all0 - mine) / dt) * 100) : NaN;
   }
 }
 
@@ -690,9 +683,7 @@ async function modeFanout() {
       `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${
         round(summary.deliveredPerSec)
       }/s ` +
-        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} max ${
-          round(summary.max)
-        } ms ` +
+        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} max ${round(summary.max)} ms ` +
         `srv ${round(summary.serverCpu)}% cli ${round(summary.clientCpu)}% ` +
         `other ${round(summary.otherCpu)}% ${pass ? "PASS" : "FAIL"}`,
     );
@@ -777,7 +768,11 @@ async function modeRounds() {
   // Windows beside heavy foreign load are measured again: up to 3 × reps windows, keeping the
   // `reps` quietest.
   let quiet = 0;
-  for (let k = 0; quiet < reps && k < reps * (maxRetries + 1) && !stalled; k++) {
+  for (
+    let k = 0;
+    quiet < reps && k < reps * (maxRetries + 1) && !stalled;
+    k++
+  ) {
     const w = newWindow();
     const other = new OtherMeter();
     const srv = serverPid ? new CpuMeter(serverPid) : undefined;
@@ -799,7 +794,9 @@ async function modeRounds() {
     windows.push(w);
     roundsPer.push(roundsIn / (windowMs / 1000));
     if (!(w.otherCpu > noiseLimit)) quiet++;
-    else log(`window with ${round(w.otherCpu)}% CPU used by other processes: measuring again`);
+    else {log(
+        `window with ${round(w.otherCpu)}% CPU used by other processes: measuring again`,
+      );}
   }
   if (windows.length > reps) {
     const keep = windows.map((w, i) => [w.otherCpu, i]).sort((a, b) => a[0] - b[0]).slice(0, reps)
@@ -815,9 +812,7 @@ async function modeRounds() {
   // Closed loop: a window's deliveries are the ones of rounds that completed; reach is whether
   // every round completed (a lost message stalls the loop).
   const summary = summarize(windows, (w) => w.delivered);
-  summary.reach = summary.reachMin = lost === 0 && !stalled
-    ? 1
-    : 1 - lost / perRound;
+  summary.reach = summary.reachMin = lost === 0 && !stalled ? 1 : 1 - lost / perRound;
   closeAll(clients);
   return {
     rounds,
@@ -844,9 +839,7 @@ async function modeDm() {
   );
   await pool(offline, 32, signIn);
   log(
-    `${N} online users joined in ${
-      round(connectMs)
-    } ms, ${offlineCount} offline users`,
+    `${N} online users joined in ${round(connectMs)} ms, ${offlineCount} offline users`,
   );
   const schedules: Schedule[] = [];
   let schedule: Schedule | undefined;
@@ -890,8 +883,9 @@ async function modeDm() {
     if (fixedPairs) {
       // Each user talks to one partner (a random pairing) and has one offline friend.
       to = toOffline ? offline[fromIndex % offlineCount] : clients[partner[fromIndex]];
-    } else if (toOffline) to = offline[Math.floor(Math.random() * offlineCount)];
-    else {
+    } else if (toOffline) {
+      to = offline[Math.floor(Math.random() * offlineCount)];
+    } else {
       do to = clients[Math.floor(Math.random() * N)]; while (to === from);
     }
     const t = performance.now();
@@ -937,9 +931,7 @@ async function modeDm() {
       `rate ${rate}/s: reach ${round(summary.reachMin, 4)} delivered ${
         round(summary.deliveredPerSec)
       }/s ` +
-        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} ms srv ${
-          round(summary.serverCpu)
-        }% ` +
+        `p50 ${round(summary.p50)} p99 ${round(summary.p99)} ms srv ${round(summary.serverCpu)}% ` +
         `cli ${round(summary.clientCpu)}% other ${round(summary.otherCpu)}% ${
           pass ? "PASS" : "FAIL"
         }`,
@@ -1002,19 +994,29 @@ async function modeIdle() {
   let t = performance.now();
   if (target === "ours") await pool(clients, 32, signIn);
   const signInMs = performance.now() - t;
-  await sleep(1000);
-  const before = serverPid ? memory(serverPid) : { rss: NaN, hwm: NaN };
+  // RSS moves with garbage not yet collected: take the lowest of a few samples, before and after.
+  const lowestRss = async (ms: number) => {
+    let low = Infinity;
+    for (
+      const end = performance.now() + ms;
+      performance.now() < end;
+      await sleep(250)
+    ) {
+      low = Math.min(low, serverPid ? memory(serverPid).rss : NaN);
+    }
+    return { rss: low, hwm: NaN };
+  };
+  const before = await lowestRss(2000);
   const cli0 = new CpuMeter(Deno.pid);
   t = performance.now();
   await pool(clients, connectConcurrency, connect);
   const openMs = performance.now() - t;
   const openCliCpu = cli0.percent();
   log(`${N} idle connections joined in ${round(openMs)} ms`);
-  await sleep(2000);
-  const after = serverPid ? memory(serverPid) : { rss: NaN, hwm: NaN };
+  await sleep(1000);
   const srv = serverPid ? new CpuMeter(serverPid) : undefined;
   const cli = new CpuMeter(Deno.pid);
-  await sleep(windowMs);
+  const after = await lowestRss(Math.max(windowMs, 3000));
   const idleServerCpu = srv ? srv.percent() : NaN;
   const idleClientCpu = cli.percent();
   const stillOpen = clients.filter((c) => c.open).length;

@@ -185,9 +185,7 @@ if (import.meta.main) {
   );
   server.kill("SIGTERM");
   await server.status;
-  const files = [...Deno.readDirSync(dir)].filter((f) =>
-    f.name.endsWith(".cpuprofile")
-  );
+  const files = [...Deno.readDirSync(dir)].filter((f) => f.name.endsWith(".cpuprofile"));
   if (line) {
     const r = JSON.parse(line.slice(7));
     const s = r.steps?.[0];

@@ -1,7 +1,9 @@
 // Node + npm ws peer: every text frame goes to every open client (sender included).
 // Run: node bench/peers/node_ws.mjs <port>
 import http from "node:http";
-import { WebSocket, WebSocketServer } from "ws";
+import { createRequire } from "node:module";
+// `require`, so that `deno check bench/` does not try to resolve the Node-only package.
+const { WebSocket, WebSocketServer } = createRequire(import.meta.url)("ws");
 
 const port = Number(process.argv[2] ?? process.env.PORT ?? 8002);
 const server = http.createServer((_req, res) => res.end("node ws\n"));

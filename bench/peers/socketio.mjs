@@ -2,7 +2,9 @@
 // "msg" goes to every socket in the room (sender included): io.to(room).emit("msg", data).
 // Run: node bench/peers/socketio.mjs <port>
 import http from "node:http";
-import { Server } from "socket.io";
+import { createRequire } from "node:module";
+// `require`, so that `deno check bench/` does not try to resolve the Node-only package.
+const { Server } = createRequire(import.meta.url)("socket.io");
 
 const port = Number(process.argv[2] ?? process.env.PORT ?? 8003);
 const server = http.createServer((_req, res) => res.end("socket.io\n"));

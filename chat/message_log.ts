@@ -54,6 +54,8 @@ export interface MessageLogOptions {
   relay?: { node: string };
   /** Called after each successful commit with the new messages (not the duplicates). */
   onCommit?: (messages: ChatMessage[], commitMs: number) => void;
+  /** Milliseconds appends wait to share a commit (default 1). */
+  batchMs?: number;
   /** Milliseconds since the epoch; a parameter so tests can move time. */
   now?: () => number;
 }
@@ -238,11 +240,13 @@ export class MessageLog {
   #schedule(): void {
     if (this.#scheduled || this.#inflight) return;
     this.#scheduled = true;
-    // A macrotask, not a microtask: lets every frame read in this tick join the commit.
+    // A short window, not a microtask: every frame read meanwhile joins the commit. A commit
+    // costs about as much for one message as for a hundred; measured in bench/, a 0 ms window
+    // gave about 3 messages per commit under load.
     setTimeout(() => {
       this.#scheduled = false;
       this.#drain();
-    }, 0);
+    }, this.#options.batchMs ?? 1);
   }
 
   #drain(): void {

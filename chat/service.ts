@@ -96,6 +96,7 @@ const info = (u: { id: UserId; name: string }): UserInfo => ({ id: u.id, name: u
 export class ChatService {
   readonly #deps: ServiceDeps;
   readonly #clients = new Map<string, Client>();
+  readonly #perUser = new Map<UserId, number>();
   readonly #userSends: KeyedLimiter;
   readonly #groupCreates: KeyedLimiter;
   readonly limits: Limits;
@@ -119,9 +120,7 @@ export class ChatService {
 
   /** Open connections per user on this node. */
   connectionsOf(user: UserId): number {
-    let n = 0;
-    for (const c of this.#clients.values()) if (c.user.id === user) n++;
-    return n;
+    return this.#perUser.get(user) ?? 0;
   }
 
   // ---- connection lifecycle -----------------------------------------------------------------
@@ -141,6 +140,7 @@ export class ChatService {
       live: false,
     };
     this.#clients.set(conn.id, client);
+    this.#perUser.set(user.id, (this.#perUser.get(user.id) ?? 0) + 1);
     this.#deps.metrics.connectionsOpened++;
     client.opened = this.#welcome(client).catch((error) => {
       this.#deps.logger.error("welcome_failed", { user: user.id, error: String(error) });
@@ -173,6 +173,9 @@ export class ChatService {
   /** The socket closed. */
   close(conn: Connection): void {
     if (!this.#clients.delete(conn.id)) return;
+    const n = (this.#perUser.get(conn.user.id) ?? 1) - 1;
+    if (n <= 0) this.#perUser.delete(conn.user.id);
+    else this.#perUser.set(conn.user.id, n);
     this.#deps.hub.detach(conn);
   }
 

@@ -365,7 +365,10 @@ Deno.test("hub: a slow consumer is closed with 1013; the others get everything",
     code: CLOSE_SLOW_CONSUMER,
     reason: "Slow consumer: reconnect and resume",
   });
-  assert.deepEqual(slow.seqs("lobby"), [1, 2]);
+  // The send queue is checked every 8th frame: closed within 8 frames of stalling.
+  const got = slow.seqs("lobby");
+  assert.ok(got.length >= 2 && got.length <= 9, `${got.length} frames before the close`);
+  assert.deepEqual(got, range(1, got.length));
   assert.deepEqual(fast.seqs("lobby"), range(1, 21));
   assert.equal(hub.stats.slowClosed, 1);
   await c.close();

@@ -16,7 +16,7 @@ import {
   userKey,
   userNameKey,
 } from "./keys.ts";
-import { retryLocked } from "./message_log.ts";
+import { getMany, retryLocked } from "./message_log.ts";
 import type { ConversationId, GroupInfo, UserId, UserInfo } from "./protocol.ts";
 import { ChatError, LOBBY } from "./protocol.ts";
 
@@ -33,8 +33,6 @@ export interface UserRecord {
 
 /** A group as stored. */
 export type GroupRecord = GroupInfo;
-
-const GET_MANY = 10;
 
 /** A random id of `length` characters from [a-z0-9]. */
 export function randomId(length = 12): string {
@@ -57,11 +55,7 @@ export class Directory {
 
   /** Values of many keys, 10 per read. */
   async #getMany<T>(keys: Deno.KvKey[]): Promise<(T | null)[]> {
-    const reads: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
-    for (let i = 0; i < keys.length; i += GET_MANY) {
-      reads.push(retryLocked(() => this.#kv.getMany<T[]>(keys.slice(i, i + GET_MANY))));
-    }
-    return (await Promise.all(reads)).flat().map((e) => e.value);
+    return (await getMany<T>(this.#kv, keys)).map((e) => e.value);
   }
 
   async #list<T>(prefix: Deno.KvKey, limit: number): Promise<Deno.KvEntry<T>[]> {

@@ -455,12 +455,16 @@ export class Hub {
    * The fan-out state of a conversation, created from where its connections are: they are all
    * live (or held) and need everything after their cursor, however far the log has gone.
    */
-  #stateOf(conv: ConversationId, room: Set<Member>, seq: number): ConvState {
+  /**
+   * The fan-out state of `conv`, started (when new) at the lowest cursor in its room, or at
+   * `empty` when the room is empty.
+   */
+  #stateOf(conv: ConversationId, room: Set<Member>, empty: number): ConvState {
     let state = this.#convs.get(conv);
     if (!state) {
       let min = Infinity;
       for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
-      const fanned = min === Infinity ? seq : min;
+      const fanned = min === Infinity ? empty : min;
       state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
       this.#convs.set(conv, state);
     }
@@ -468,15 +472,7 @@ export class Hub {
   }
 
   #enqueue(conv: ConversationId, task: () => Promise<void>): Promise<void> {
-    const room = this.#rooms.get(conv) ?? new Set();
-    let state = this.#convs.get(conv);
-    if (!state) {
-      let min = Infinity;
-      for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
-      const fanned = min === Infinity ? 0 : min;
-      state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
-      this.#convs.set(conv, state);
-    }
+    const state = this.#stateOf(conv, this.#rooms.get(conv) ?? new Set(), 0);
     return new Promise((resolve, reject) => {
       state.tasks.push(() => task().then(resolve, reject));
       this.#pump(conv, state);

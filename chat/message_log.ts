@@ -96,7 +96,11 @@ export async function retryLocked<T>(fn: () => Promise<T>, attempts = 50): Promi
   }
 }
 
-async function getMany<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
+/** The entries of any number of keys, read 10 at a time (KV's limit per `getMany`), in order. */
+export async function getMany<T>(
+  kv: Deno.Kv,
+  keys: Deno.KvKey[],
+): Promise<Deno.KvEntryMaybe<T>[]> {
   const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
   for (let i = 0; i < keys.length; i += GET_MANY) {
     chunks.push(retryLocked(() => kv.getMany<T[]>(keys.slice(i, i + GET_MANY))));

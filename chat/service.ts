@@ -15,7 +15,7 @@ import type { Connection, Hub } from "./hub.ts";
 import type { Logger } from "./logger.ts";
 import { messageKey } from "./keys.ts";
 import type { MessageLog } from "./message_log.ts";
-import { retryLocked } from "./message_log.ts";
+import { getMany } from "./message_log.ts";
 import type { Metrics } from "./metrics.ts";
 import { canonicalName, checkGroupName, checkText } from "./names.ts";
 import {
@@ -236,11 +236,7 @@ export class ChatService {
 
   async #lastMessages(convs: ConversationInfo[]): Promise<(ChatMessage | null)[]> {
     const keys = convs.map((c) => messageKey(c.id, c.lastSeq));
-    const reads: Promise<Deno.KvEntryMaybe<ChatMessage>[]>[] = [];
-    for (let i = 0; i < keys.length; i += 10) {
-      reads.push(retryLocked(() => this.#deps.kv.getMany<ChatMessage[]>(keys.slice(i, i + 10))));
-    }
-    return (await Promise.all(reads)).flat().map((e) => e.value);
+    return (await getMany<ChatMessage>(this.#deps.kv, keys)).map((e) => e.value);
   }
 
   // ---- frames -------------------------------------------------------------------------------

@@ -6,73 +6,7 @@ import assert from "node:assert/strict";
 import { createClient } from "redis";
 import type { Envelope } from "../chat/bus.ts";
 import { RedisBus } from "../chat/bus_redis.ts";
-
-/** A redis-server child process on a port of its own. */
-class RedisServer {
-  readonly port: number;
-  #child: Deno.ChildProcess | null = null;
-
-  constructor(port = freePort()) {
-    this.port = port;
-  }
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  /** Starts the server and waits until it accepts connections. */
-  async start(): Promise<void> {
-    const command = new Deno.Command("redis-server", {
-      args: ["--port", `${this.port}`, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    });
-    try {
-      this.#child = command.spawn();
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
-        throw new Error(
-          "redis-server is not on PATH; the Redis bus tests need a real server " +
-            "(apt-get install -y redis-server)",
-        );
-      }
-      throw error;
-    }
-    const child = this.#child;
-    let exited = false;
-    child.status.then(() => exited = true);
-    await waitFor(async () => {
-      if (exited) throw new Error(`redis-server exited on start (port ${this.port} taken?)`);
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port: this.port })).close();
-        return true;
-      } catch {
-        return false;
-      }
-    }, `redis-server listening on port ${this.port}`);
-  }
-
-  /** Stops the server: SIGKILL to simulate a crash, SIGTERM for a clean shutdown. */
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<void> {
-    const child = this.#child;
-    if (!child) return;
-    this.#child = null;
-    try {
-      child.kill(signal);
-    } catch {
-      // Already exited.
-    }
-    await child.status;
-  }
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
+import { RedisServer } from "./_redis.ts";
 
 /** Polls `check` every 10 ms until it is true; fails after `timeoutMs`. */
 async function waitFor(

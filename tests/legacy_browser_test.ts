@@ -6,17 +6,16 @@
  * Needs Chromium at /usr/bin/chromium (`apt-get install -y chromium`), or CHROMIUM_PATH.
  */
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
 import type { Page } from "playwright-core";
 import { legacySockets } from "../routes/legacy.ts";
 import type { Frame } from "./_harness.ts";
 import { signIn, startServer, TestClient, uniqueName } from "./_harness.ts";
+import { launchChromium } from "./_browser.ts";
 
 // The page functions below run in the browser, where this exists.
 declare const document: { getElementById(id: string): { textContent: string | null } | null };
 
 const ADMIN = "browser-admin-token-0123456789";
-const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
 const PAGE = new URL("./fixtures/seed_client.html", import.meta.url);
 
 /** Serves the seed page on a port of its own: another origin than the chat server. */
@@ -73,17 +72,7 @@ Deno.test({
     const bob = await signIn(server.url, uniqueName("bob"));
     await using cb = await TestClient.connect(server, bob.token);
 
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       const errors: string[] = [];

@@ -9,6 +9,7 @@
  */
 import assert from "node:assert/strict";
 import type { Frame, ServeProcess } from "./_harness.ts";
+import { RedisServer } from "./_redis.ts";
 import {
   freePort,
   signIn,
@@ -28,67 +29,6 @@ const FAST = {
   CHAT_USER_RATE_BURST: "2000",
   CHAT_USER_RATE_PER_SECOND: "2000",
 };
-
-/** A redis-server child process that can be killed and started again on the same port. */
-class RedisServer {
-  readonly port = freePort();
-  #child: Deno.ChildProcess | null = null;
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    const command = new Deno.Command("redis-server", {
-      args: ["--port", `${this.port}`, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    });
-    try {
-      this.#child = command.spawn();
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
-        throw new Error(
-          "redis-server is not on PATH; the multi-process tests need a real server " +
-            "(apt-get install -y redis-server)",
-        );
-      }
-      throw error;
-    }
-    let exited = false;
-    this.#child.status.then(() => exited = true);
-    await until(
-      async () => {
-        if (exited) throw new Error(`redis-server exited on start (port ${this.port} taken?)`);
-        try {
-          (await Deno.connect({ hostname: "127.0.0.1", port: this.port })).close();
-          return true;
-        } catch {
-          return false;
-        }
-      },
-      10_000,
-      `redis-server on port ${this.port}`,
-    );
-  }
-
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<void> {
-    const child = this.#child;
-    if (!child) return;
-    this.#child = null;
-    try {
-      child.kill(signal);
-    } catch {
-      // Already exited.
-    }
-    await child.status;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.stop("SIGKILL");
-  }
-}
 
 /**
  * A TCP proxy in front of Redis for one process only: `cut()` drops its connections and refuses

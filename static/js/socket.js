@@ -57,22 +57,7 @@ export class Connection {
     removeEventListener("online", this.onOnline);
     document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.retryTimer);
-    clearInterval(this.pingTimer);
-    this.ready = false;
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onclose =
-        ws.onmessage =
-        ws.onerror =
-        ws.onopen =
-          null;
-      try {
-        ws.close(1000, "Signed out");
-      } catch {
-        // Already closed.
-      }
-    }
+    this.#detach("Signed out");
     this.#state("offline", 0);
   }
 
@@ -172,23 +157,27 @@ export class Connection {
 
   /** Closes the current socket and schedules a new one. */
   #drop(quick) {
+    this.#detach("Reconnecting");
+    if (!this.stopped) this.#schedule(quick);
+  }
+
+  /** Stops the heartbeat and closes the current socket without hearing from it again. */
+  #detach(reason) {
     const ws = this.ws;
     this.ws = null;
     this.ready = false;
     clearInterval(this.pingTimer);
-    if (ws) {
-      ws.onclose =
-        ws.onmessage =
-        ws.onerror =
-        ws.onopen =
-          null;
-      try {
-        ws.close(1000, "Reconnecting");
-      } catch {
-        // Already closed.
-      }
+    if (!ws) return;
+    ws.onclose =
+      ws.onmessage =
+      ws.onerror =
+      ws.onopen =
+        null;
+    try {
+      ws.close(1000, reason);
+    } catch {
+      // Already closed.
     }
-    if (!this.stopped) this.#schedule(quick);
   }
 
   #schedule(quick) {

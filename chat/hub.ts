@@ -35,6 +35,11 @@ export interface Connection {
   /** Bytes queued and not yet sent. */
   bufferedAmount(): number;
   close(code: number, reason: string): void;
+  /**
+   * Whether it gets every presence change even in a crowd (the legacy dialects' user lists);
+   * otherwise only those of the users it watches once more than `presenceCrowd` are online.
+   */
+  readonly allPresence?: boolean;
 }
 
 /** What the hub reads from the log of record. */
@@ -68,6 +73,14 @@ export interface HubOptions {
   holdMs?: number;
   /** Milliseconds between heartbeats. */
   heartbeatMs?: number;
+  /**
+   * Online users (or changes in one flush) above which presence changes go only to the
+   * connections that watch the user (a direct conversation with them, or `presence.watch`),
+   * and everyone else gets the online count at most every `presenceCountMs` (default 200).
+   */
+  presenceCrowd?: number;
+  /** Milliseconds between count-only presence frames in a crowd (default 5000). */
+  presenceCountMs?: number;
   /** Called with the latency from a message's timestamp to its fan-out, per message. */
   onFanout?: (message: ChatMessage, recipients: number) => void;
   /** Errors the hub recovers from (a failed gap fill is retried). */
@@ -107,7 +120,11 @@ interface Member {
   writes: number;
   /** Whether it got the `reconnect` frame of a shutdown. */
   warned?: boolean;
+  /** Users whose presence it asked for (`presence.watch`). */
+  watch?: Set<UserId>;
 }
+
+type PresenceChange = { user: UserInfo; online: boolean };
 
 interface ConvState {
   fanned: number;
@@ -146,8 +163,13 @@ export class Hub {
   readonly #convs = new Map<ConversationId, ConvState>();
   readonly #recent = new Map<ConversationId, { seq: number; at: number }>();
   readonly #typingSent = new Map<string, number>();
-  #presenceChanges: { user: UserInfo; online: boolean }[] = [];
+  #presenceChanges: PresenceChange[] = [];
   #presenceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Connections with a `presence.watch` list. */
+  readonly #watching = new Set<Member>();
+  /** The online count last sent to everyone, and when. */
+  #countSent = { count: -1, at: 0 };
+  #countTimer: ReturnType<typeof setTimeout> | undefined;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   #n = 0;
@@ -213,7 +235,24 @@ export class Hub {
     own?.delete(member);
     if (own?.size === 0) this.#users.delete(conn.user.id);
     for (const conv of member.cursors.keys()) this.#leave(member, conv);
+    this.#watching.delete(member);
     this.presence.disconnect(conn.user);
+  }
+
+  /**
+   * Sets the users whose presence changes a connection gets even in a crowd (besides the peers
+   * of its direct conversations), replacing the previous list.
+   */
+  watch(connId: string, users: UserId[]): void {
+    const member = this.#members.get(connId);
+    if (!member) return;
+    if (users.length === 0) {
+      member.watch = undefined;
+      this.#watching.delete(member);
+      return;
+    }
+    member.watch = new Set(users);
+    this.#watching.add(member);
   }
 
   /** Whether a connection receives a conversation (and so may write to it). */
@@ -392,6 +431,7 @@ export class Hub {
     this.#closed = true;
     clearInterval(this.#heartbeat);
     clearTimeout(this.#presenceTimer);
+    clearTimeout(this.#countTimer);
     for (const state of this.#convs.values()) clearTimeout(state.retry);
     for (const timer of this.#retries) clearTimeout(timer);
     this.#retries.clear();
@@ -832,20 +872,101 @@ export class Hub {
   #presenceChanged(user: UserInfo, online: boolean): void {
     this.#presenceChanges.push({ user, online });
     if (this.#presenceTimer !== undefined || this.#closed) return;
-    // Coalesce: a burst of sign-ins is one frame per connection, not one per sign-in. Every
-    // flush goes to every connection, so the more connections, the rarer the flushes (100 ms
-    // for a few hundred, up to 2 s for ten thousand): otherwise n sign-ins cost n² frames.
-    const delay = Math.min(2000, 100 + this.#members.size / 5);
+    // Coalesce: a burst of sign-ins is one frame per connection, not one per sign-in.
+    const delay = Math.min(1000, 100 + this.#members.size / 10);
     this.#presenceTimer = setTimeout(() => {
       this.#presenceTimer = undefined;
-      // Only the last change of each user within one flush is sent.
-      const last = new Map<string, { user: UserInfo; online: boolean }>();
-      for (const change of this.#presenceChanges) last.set(change.user.id, change);
-      this.#presenceChanges = [];
-      const changes = [...last.values()];
-      const data = JSON.stringify({ type: "presence", changes } satisfies ServerFrame);
-      for (const member of this.#members.values()) this.#write(member, data);
+      this.#flushPresence();
     }, delay);
+  }
+
+  /**
+   * Sends the coalesced presence changes. A small crowd gets every change; a big one would cost
+   * changes × connections bytes (ten thousand sign-ins, ten thousand sockets: a hundred million
+   * entries), so there each connection gets only the changes of the users it watches (its
+   * direct conversations' peers and its `presence.watch` list), and the online count.
+   */
+  #flushPresence(): void {
+    // Only the last change of each user within one flush is sent.
+    const last = new Map<UserId, PresenceChange>();
+    for (const change of this.#presenceChanges) last.set(change.user.id, change);
+    this.#presenceChanges = [];
+    const count = this.presence.count;
+    const crowd = this.#options.presenceCrowd ?? 200;
+    if (last.size <= crowd && count <= crowd) {
+      const changes = [...last.values()];
+      const data = JSON.stringify({ type: "presence", changes, count } satisfies ServerFrame);
+      for (const member of this.#members.values()) this.#write(member, data);
+      this.#countSent = { count, at: Date.now() };
+      return;
+    }
+    const per = new Map<Member, Map<UserId, PresenceChange>>();
+    const add = (member: Member, change: PresenceChange) => {
+      let changes = per.get(member);
+      if (!changes) per.set(member, changes = new Map());
+      changes.set(change.user.id, change);
+    };
+    for (const [conv, room] of this.#rooms) {
+      if (!conv.startsWith("d:")) continue;
+      const parsed = parseConversation(conv);
+      if (parsed.kind !== "direct") continue;
+      const [a, b] = parsed.users;
+      const changeA = last.get(a), changeB = last.get(b);
+      if (!changeA && !changeB) continue;
+      for (const member of room) {
+        const change = member.conn.user.id === a ? changeB : changeA;
+        if (change) add(member, change);
+      }
+    }
+    for (const member of this.#watching) {
+      for (const id of member.watch!) {
+        const change = last.get(id);
+        if (change) add(member, change);
+      }
+    }
+    const all = [...last.values()];
+    const countDue = Date.now() - this.#countSent.at >= (this.#options.presenceCountMs ?? 5000);
+    const countOnly = JSON.stringify(
+      { type: "presence", changes: [], count, crowd: true } satisfies ServerFrame,
+    );
+    let allData: string | undefined;
+    for (const member of this.#members.values()) {
+      if (member.conn.allPresence) {
+        allData ??= JSON.stringify(
+          { type: "presence", changes: all, count, crowd: true } satisfies ServerFrame,
+        );
+        this.#write(member, allData);
+        continue;
+      }
+      const changes = per.get(member);
+      if (changes) {
+        const frame: ServerFrame = {
+          type: "presence",
+          changes: [...changes.values()],
+          count,
+          crowd: true,
+        };
+        this.#write(member, JSON.stringify(frame));
+      } else if (countDue) this.#write(member, countOnly);
+    }
+    if (countDue) this.#countSent = { count, at: Date.now() };
+    else this.#scheduleCount();
+  }
+
+  /** Sends the online count to everyone once `presenceCountMs` has passed since the last. */
+  #scheduleCount(): void {
+    if (this.#countTimer !== undefined || this.#closed) return;
+    const wait = (this.#options.presenceCountMs ?? 5000) - (Date.now() - this.#countSent.at);
+    this.#countTimer = setTimeout(() => {
+      this.#countTimer = undefined;
+      const count = this.presence.count;
+      if (count === this.#countSent.count) return;
+      const data = JSON.stringify(
+        { type: "presence", changes: [], count, crowd: true } satisfies ServerFrame,
+      );
+      for (const member of this.#members.values()) this.#write(member, data);
+      this.#countSent = { count, at: Date.now() };
+    }, Math.max(0, wait));
   }
 }
 

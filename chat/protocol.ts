@@ -65,6 +65,10 @@ export const CLIENT_FRAME_SCHEMAS = {
   "user.block": z.strictObject({ type: z.literal("user.block"), user: id }),
   "user.unblock": z.strictObject({ type: z.literal("user.unblock"), user: id }),
   "presence.list": z.strictObject({ type: z.literal("presence.list") }),
+  "presence.watch": z.strictObject({
+    type: z.literal("presence.watch"),
+    users: z.array(id).max(500),
+  }),
   "user.find": z.strictObject({ type: z.literal("user.find"), name: z.string().max(200) }),
   ping: z.strictObject({ type: z.literal("ping"), t: z.number().optional() }),
 } as const;
@@ -307,8 +311,18 @@ export type ServerFrame =
   | { type: "typing"; conv: ConversationId; user: UserInfo }
   | {
     type: "presence";
-    /** Users who came online or went offline since the last presence frame. */
+    /**
+     * Users who came online or went offline since the last presence frame: all of them, or in
+     * a crowd only those the connection watches.
+     */
     changes: { user: UserInfo; online: boolean }[];
+    /** How many users are online now. */
+    count: number;
+    /**
+     * More users are online than the server reports one by one: `changes` holds only the
+     * peers of your direct conversations and the users of your `presence.watch` list.
+     */
+    crowd?: boolean;
   }
   | { type: "online"; users: UserInfo[] }
   | { type: "conversation"; conversation: ConversationInfo }

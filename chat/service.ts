@@ -413,6 +413,9 @@ export class ChatService {
       case "presence.list":
         this.#reply(client, { type: "online", users: hub.presence.online(1000) });
         return;
+      case "presence.watch":
+        hub.watch(client.conn.id, frame.users);
+        return;
       case "user.find": {
         const prefix = canonicalName(frame.name);
         const users = prefix ? await directory.findUsers(prefix, 20) : [];

@@ -24,8 +24,25 @@ class FakeConn implements Connection {
   buffered = 0;
   closed: { code: number; reason: string } | null = null;
 
-  constructor(user: string) {
+  allPresence?: boolean;
+
+  constructor(user: string, options: { allPresence?: boolean } = {}) {
     this.user = { id: user, name: user.toUpperCase() };
+    this.allPresence = options.allPresence;
+  }
+
+  /** Users named by presence changes, in order, as `id:on|off`. */
+  presence(): string[] {
+    return this.frames.filter((f) => f.type === "presence").flatMap((f) =>
+      f.changes.map((c: { user: UserInfo; online: boolean }) =>
+        `${c.user.id}:${c.online ? "on" : "off"}`
+      )
+    );
+  }
+
+  /** The `count` of the newest presence frame. */
+  lastCount(): number | undefined {
+    return this.frames.findLast((f) => f.type === "presence")?.count;
   }
 
   send(data: string): void {
@@ -76,6 +93,8 @@ async function cluster(
     maxBufferedBytes?: number;
     heartbeatMs?: number;
     holdMs?: number;
+    presenceCrowd?: number;
+    presenceCountMs?: number;
     logOf?: (log: MessageLog) => HubLog;
   } = {},
 ) {
@@ -98,6 +117,8 @@ async function cluster(
       resumeLimit: options.resumeLimit ?? 500,
       heartbeatMs: options.heartbeatMs,
       holdMs: options.holdMs,
+      presenceCrowd: options.presenceCrowd,
+      presenceCountMs: options.presenceCountMs,
     });
     nodes.push({ hub, log, bus });
   }
@@ -468,5 +489,55 @@ Deno.test("hub: the KV relay and a lossy bus together (MultiBus) lose nothing", 
   await until(() => conns.every((x) => x.seqs("lobby").length >= 400), "delivery");
   await delay(30);
   for (const conn of conns) assert.deepEqual(conn.seqs("lobby"), range(1, 400));
+  await c.close();
+});
+
+Deno.test("hub: presence goes to everyone in a small crowd, with the online count", async () => {
+  const c = await cluster(2, { presenceCrowd: 10 });
+  const [a, b] = c.nodes;
+  const ann = new FakeConn("ann");
+  attachLive(a.hub, ann, { lobby: 0 });
+  const others = ["bob", "cat", "dan"].map((u) => new FakeConn(u));
+  for (const o of others) attachLive(b.hub, o, { lobby: 0 });
+  await until(() => ann.presence().length === 4, "four changes");
+  assert.deepEqual(ann.presence().sort(), ["ann:on", "bob:on", "cat:on", "dan:on"]);
+  await until(() => ann.lastCount() === 4, "count 4");
+  b.hub.detach(others[0]);
+  await until(() => ann.presence().includes("bob:off"), "bob offline");
+  await until(() => ann.lastCount() === 3, "count 3");
+  await c.close();
+});
+
+Deno.test("hub: in a crowd, presence goes only to watchers; the count to everyone", async () => {
+  const c = await cluster(2, { presenceCrowd: 3, presenceCountMs: 300 });
+  const [a, b] = c.nodes;
+  const ann = new FakeConn("ann"); // has a direct conversation with bob
+  const wat = new FakeConn("wat"); // watches cat
+  const pam = new FakeConn("pam"); // watches nobody
+  const old = new FakeConn("old", { allPresence: true }); // a legacy user list
+  attachLive(a.hub, ann, { lobby: 0, "d:ann:bob": 0 });
+  attachLive(a.hub, wat, { lobby: 0 });
+  attachLive(a.hub, pam, { lobby: 0 });
+  attachLive(a.hub, old, { lobby: 0 });
+  a.hub.watch(wat.id, ["cat"]);
+  await delay(250); // the four above are announced while the crowd is small
+  for (const f of [ann, wat, pam, old]) f.frames.length = 0;
+  const crowd = ["bob", "cat", "dan", "eve", "fay"].map((u) => new FakeConn(u));
+  for (const f of crowd) attachLive(b.hub, f, { lobby: 0 });
+  await until(() => old.presence().length === 5, "every change for the legacy list");
+  await until(() => ann.presence().length === 1 && wat.presence().length === 1, "watched");
+  assert.deepEqual(ann.presence(), ["bob:on"]);
+  assert.deepEqual(wat.presence(), ["cat:on"]);
+  await until(() => pam.lastCount() === 9, "count-only frame with 9 online");
+  assert.deepEqual(pam.presence(), []);
+  assert.ok(pam.frames.every((f) => f.type !== "presence" || f.crowd === true));
+  // Going offline reaches the watcher; watching nobody again stops it.
+  a.hub.watch(wat.id, []);
+  b.hub.detach(crowd[0]);
+  b.hub.detach(crowd[1]);
+  await until(() => ann.presence().includes("bob:off"), "bob offline to his DM peer");
+  await until(() => pam.lastCount() === 7, "count 7 within presenceCountMs");
+  assert.deepEqual(wat.presence(), ["cat:on"]);
+  assert.ok(old.presence().includes("cat:off"));
   await c.close();
 });

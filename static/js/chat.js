@@ -15,6 +15,7 @@ const TYPING_EVERY_MS = 2_000;
 const TYPING_SHOWN_MS = 3_000;
 const HISTORY_TIMEOUT_MS = 10_000;
 const MAX_RATE_RETRIES = 5;
+const ONLINE_REFRESH_MS = 30_000;
 
 let conn = null;
 let ticker = 0;
@@ -24,6 +25,7 @@ let resuming = new Set();
 const pendingOpen = { dmUser: null, groupName: null, joinGroup: null };
 const readTimers = new Map();
 const typingSentAt = new Map();
+let onlineListedAt = 0;
 
 /** Starts the session's connection. `onAuthLost` runs if the server no longer knows us. */
 export function start({ onAuthLost }) {
@@ -167,6 +169,9 @@ function onFrame(f) {
     case "online":
       state.online = new Map(f.users.map((u) => [u.id, u]));
       if (f.users.length < 500) state.onlineCount = f.users.length;
+      for (const m of state.members?.members ?? []) {
+        if (m.online) state.online.set(m.id, { id: m.id, name: m.name });
+      }
       return emit("presence");
     case "read":
       if (store.setRead(f.conv, f.seq)) emit("convs");
@@ -179,6 +184,7 @@ function onFrame(f) {
       return onMember(f);
     case "members":
       state.members = { group: f.group, members: f.members };
+      watchMembers();
       return emit("members");
     case "groups":
       state.groups = f.groups;
@@ -297,6 +303,12 @@ function onPresence(f) {
     } else if (state.online.delete(user.id)) {
       state.onlineCount = Math.max(0, state.onlineCount - 1);
     }
+  }
+  if (typeof f.count === "number") state.onlineCount = f.count;
+  // In a crowd the server names only the users we watch: refresh the online list now and then.
+  if (f.crowd && Date.now() - onlineListedAt > ONLINE_REFRESH_MS && !document.hidden) {
+    onlineListedAt = Date.now();
+    send({ type: "presence.list" });
   }
   emit("presence");
 }
@@ -580,7 +592,21 @@ export function loadMembers(groupId) {
 
 export function closeMembers() {
   state.members = null;
+  watchMembers();
   emit("members");
+}
+
+/**
+ * With many users online the server sends presence changes only for the peers of our direct
+ * chats and the users we watch: watch the open member list, and take its online flags.
+ */
+function watchMembers() {
+  const members = state.members?.members ?? [];
+  for (const m of members) {
+    if (m.online) state.online.set(m.id, { id: m.id, name: m.name });
+    else state.online.delete(m.id);
+  }
+  send({ type: "presence.watch", users: members.slice(0, 500).map((m) => m.id) });
 }
 
 export function addMember(groupId, userId) {

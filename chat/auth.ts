@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { scrypt, timingSafeEqual } from "node:crypto";
+import { scrypt } from "node:crypto";
 import type { Directory, UserRecord } from "./directory.ts";
 import { randomId } from "./directory.ts";
 import { SECRET_KEY, sessionKey, ticketKey, userSessionKey } from "./keys.ts";
@@ -17,6 +17,7 @@ import { checkUserName } from "./names.ts";
 import { ChatError } from "./protocol.ts";
 import type { UserId } from "./protocol.ts";
 import { KeyedLimiter } from "./rate_limit.ts";
+import { constantTimeEqual } from "./secrets.ts";
 
 /** A session as stored. */
 export interface SessionRecord {
@@ -83,8 +84,7 @@ export async function verifyPassword(password: string, hash: string): Promise<bo
     return false;
   }
   const key = await scryptAsync(password, unb64(salt), cost);
-  const want = unb64(expected);
-  return key.length === want.length && timingSafeEqual(key, want);
+  return constantTimeEqual(key, unb64(expected));
 }
 
 function checkPassword(password: unknown): string {

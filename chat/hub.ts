@@ -162,6 +162,8 @@ export class Hub {
   readonly #rooms = new Map<ConversationId, Set<Member>>();
   readonly #convs = new Map<ConversationId, ConvState>();
   readonly #recent = new Map<ConversationId, { seq: number; at: number }>();
+  /** The newest sequence this node has heard of per conversation (rooms here or not). */
+  readonly #heard = new Map<ConversationId, number>();
   readonly #typingSent = new Map<string, number>();
   #presenceChanges: PresenceChange[] = [];
   #presenceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -315,6 +317,12 @@ export class Hub {
    * everything this node has not fanned out yet, in order, reading the gap from the log.
    */
   notify(conv: ConversationId, seq: number, messages?: ChatMessage[]): void {
+    if (seq > (this.#heard.get(conv) ?? 0)) {
+      // Least recently heard first: what is dropped was heard long before any welcome now open.
+      this.#heard.delete(conv);
+      if (this.#heard.size >= 100_000) this.#heard.delete(this.#heard.keys().next().value!);
+      this.#heard.set(conv, seq);
+    }
     if (conv.startsWith("d:")) this.#directMembers(conv);
     const room = this.#rooms.get(conv);
     if (!room || room.size === 0) return;
@@ -736,6 +744,12 @@ export class Hub {
         to = cursor;
         reload = true;
       }
+    } else if (
+      seen === cursor && !member.lagging.has(conv) && (this.#heard.get(conv) ?? 0) <= cursor
+    ) {
+      // Resumed from where the welcome put it, and this node has heard of nothing newer: what
+      // comes later reaches it live (held until now), so there is nothing to read.
+      member.resumedTo?.set(conv, to);
     } else {
       const missed = await this.#options.log.range(conv, seen, Number.MAX_SAFE_INTEGER, limit + 1);
       if (!member.cursors.has(conv)) return;

@@ -13,7 +13,7 @@ import type { Directory, GroupRecord, UserRecord } from "./directory.ts";
 import { randomId } from "./directory.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { Logger } from "./logger.ts";
-import { messageKey } from "./keys.ts";
+import { headKey, messageKey, readKey } from "./keys.ts";
 import type { MessageLog } from "./message_log.ts";
 import { getMany } from "./message_log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -181,7 +181,7 @@ export class ChatService {
 
   /** Every conversation of a user, with heads, read positions and the newest message. */
   async conversationsOf(user: UserRecord): Promise<ConversationInfo[]> {
-    const { directory, log } = this.#deps;
+    const { directory } = this.#deps;
     const [groups, peerIds] = await Promise.all([
       directory.groupsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),
       directory.directPeers(user.id),
@@ -214,15 +214,16 @@ export class ChatService {
       lastSeq: 0,
       read: 0,
     });
-    const ids = list.map((c) => c.id);
-    const [heads, reads] = await Promise.all([
-      log.heads(ids),
-      directory.readPositions(user.id, ids),
+    // Heads and read positions in one read: a welcome per connection is the cost of a sign-in
+    // storm, and each KV read is a round trip through KV's one SQLite thread.
+    const entries = await getMany<number>(this.#deps.kv, [
+      ...list.map((c) => headKey(c.id)),
+      ...list.map((c) => readKey(user.id, c.id)),
     ]);
-    for (const c of list) {
-      c.lastSeq = heads.get(c.id) ?? 0;
-      c.read = Math.min(reads.get(c.id) ?? 0, c.lastSeq);
-    }
+    list.forEach((c, i) => {
+      c.lastSeq = entries[i].value ?? 0;
+      c.read = Math.min(entries[list.length + i].value ?? 0, c.lastSeq);
+    });
     // The notices conversation is listed once something was pushed, but always received.
     const notices = list[list.length - 1];
     const shown = notices.lastSeq > 0 ? list : list.slice(0, -1);

@@ -7,6 +7,7 @@ import { Hono } from "hono";
 import type { ChatNode } from "../chat/node.ts";
 import type { PushTarget } from "../chat/service.ts";
 import { ChatError } from "../chat/protocol.ts";
+import { bearerToken, constantTimeEqual } from "../chat/secrets.ts";
 import { errorJson, errorResponse, jsonBody } from "./errors.ts";
 import { authenticate } from "./session.ts";
 
@@ -19,14 +20,6 @@ function intParam(value: string | undefined, name: string, min: number, max: num
     throw new ChatError("bad_frame", `Expected ${name} to be an integer from ${min} to ${max}`);
   }
   return n;
-}
-
-function timingSafeEqual(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a);
-  const y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return diff === 0;
 }
 
 /** History and push routes. */
@@ -50,8 +43,8 @@ export function apiRoutes(node: ChatNode): Hono {
 
   app.post("/push", async (c) => {
     const token = node.config.CHAT_ADMIN_TOKEN;
-    const header = c.req.header("authorization") ?? "";
-    if (!token || !header.startsWith("Bearer ") || !timingSafeEqual(header.slice(7), token)) {
+    const given = bearerToken(c.req.header("authorization"));
+    if (!token || given === undefined || !constantTimeEqual(given, token)) {
       return errorJson(c, "unauthorized", "Expected the admin bearer token");
     }
     try {

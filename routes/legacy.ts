@@ -3,10 +3,11 @@
  * rooms), spoken at `/ws/legacy` and at a bare socket upgrade of `/`, where those clients connect.
  *
  * A thin adapter: a legacy client signs in in band by name (no cookie, no session), becomes an
- * ordinary guest user, and from then on its frames go through {@linkcode ChatService.post} and
- * the service's frames come back translated ({@linkcode toLegacy}): lobby messages as `user`,
- * direct messages as `pm`, group messages as `groupPm`, notices as `system`, presence changes as
- * `login`/`logout` with the list of names online. See `docs/protocol.md`, "Legacy dialects".
+ * ordinary guest user, and from then on its frames (parsed by `chat/legacy_protocol.ts`) go
+ * through {@linkcode ChatService.post} and the service's frames come back translated
+ * ({@linkcode toLegacy}): lobby messages as `user`, direct messages as `pm`, group messages as
+ * `groupPm`, notices as `system`, presence changes as `login`/`logout` with the list of names
+ * online. See `docs/protocol.md`, "Legacy dialects".
  *
  * Outgoing `content`, `from` and `user_list` are HTML-escaped: the seed clients put what they
  * receive into `innerHTML`, and they must keep working unchanged without running other users'
@@ -14,29 +15,31 @@
  *
  * @module
  */
-import { bump, politeCloser, socketCounts } from "./socket_policy.ts";
-import type { PoliteCloser } from "./socket_policy.ts";
 import type { Context, Hono } from "hono";
 import type { UserRecord } from "../chat/directory.ts";
 import { randomId } from "../chat/directory.ts";
 import type { Connection } from "../chat/hub.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { canonicalName, checkUserName } from "../chat/names.ts";
+import { parseLegacy } from "../chat/legacy_protocol.ts";
+import type { LegacyFrame } from "../chat/legacy_protocol.ts";
 import { ChatError, parseConversation, utf8Length } from "../chat/protocol.ts";
 import type { ServerFrame, UserId, UserInfo } from "../chat/protocol.ts";
 import { KeyedLimiter, TokenBucket } from "../chat/rate_limit.ts";
 import { CLOSE_POLICY, CLOSE_TOO_BIG } from "../chat/service.ts";
-import { errorJson } from "./errors.ts";
 import { addressOf } from "./session.ts";
+import {
+  addressOverLimit,
+  bump,
+  checkUpgrade,
+  politeCloser,
+  socketCounts,
+} from "./socket_policy.ts";
+import type { PoliteCloser } from "./socket_policy.ts";
 
-/** A frame of the legacy dialects, as the server sends it. */
-export type LegacyFrame =
-  | { type: "handshake"; content: "done" }
-  | { type: "login" | "logout"; content: string; uid: string; user_list: string[] }
-  | { type: "user"; from: string; uid: string; content: string }
-  | { type: "pm"; from: string; uid: string; to: string; content: string }
-  | { type: "groupPm"; gid: string; from: string; uid: string; content: string }
-  | { type: "system"; content: string; gid?: string };
+// The dialect is defined in chat/, but this adapter is where callers have always found it.
+export { parseLegacy };
+export type { LegacyFrame, LegacyRequest } from "../chat/legacy_protocol.ts";
 
 /** The name a seed client sends when it has none (seed 000): the server picks one. */
 export const PLACEHOLDER_NAME = "login";
@@ -142,71 +145,6 @@ export function toLegacy(
       return [{ type: "system", content: escapeHtml(`error: ${frame.message}`) }];
     default:
       return [];
-  }
-}
-
-/** What a legacy client's text frame asks for. */
-export type LegacyRequest =
-  | { type: "login"; name: unknown }
-  | { type: "logout" }
-  | { type: "user"; text: string; plain?: true }
-  | { type: "pm"; text: string; to: string }
-  | { type: "group"; text: string; gid: string };
-
-function contentOf(frame: Record<string, unknown>): string {
-  const content = frame.content;
-  if (typeof content !== "string") {
-    throw new ChatError(
-      "bad_frame",
-      `Expected "content" to be a string, got ${content === null ? "null" : typeof content}`,
-    );
-  }
-  return content;
-}
-
-function targetOf(frame: Record<string, unknown>, field: "uid" | "gid"): string {
-  const value = frame[field];
-  if (typeof value === "string" && value.trim() !== "") return value.trim();
-  if (typeof value === "number" && Number.isSafeInteger(value)) return String(value);
-  throw new ChatError("bad_frame", `Expected "${field}" to be a string or an integer`);
-}
-
-/**
- * Parses a legacy client's text frame. A JSON object is one of the seed frames (`login`, `user`,
- * `pm`, `group`, or `logout`); anything else is plain text for the lobby, as seeds 001 and 003
- * send it, with the `msg=` prefix of seed 003 taken off.
- *
- * @throws {ChatError} `bad_frame` or `unknown_type`
- */
-export function parseLegacy(text: string): LegacyRequest {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    value = undefined;
-  }
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    return { type: "user", text: text.startsWith("msg=") ? text.slice(4) : text, plain: true };
-  }
-  const frame = value as Record<string, unknown>;
-  switch (frame.type) {
-    case "login":
-      return { type: "login", name: frame.content };
-    case "logout":
-      return { type: "logout" };
-    case "user":
-      return { type: "user", text: contentOf(frame) };
-    case "pm":
-      return { type: "pm", text: contentOf(frame), to: targetOf(frame, "uid") };
-    case "group":
-      return { type: "group", text: contentOf(frame), gid: targetOf(frame, "gid") };
-    default:
-      throw new ChatError(
-        typeof frame.type === "string" ? "unknown_type" : "bad_frame",
-        `Expected "type" to be login, user, pm or group, got ${
-          JSON.stringify(typeof frame.type === "string" ? frame.type.slice(0, 40) : frame.type)
-        }`,
-      );
   }
 }
 
@@ -411,6 +349,8 @@ class LegacyClient {
       send: (data) => this.#deliver(data),
       bufferedAmount: () => this.#socket.bufferedAmount,
       close: (code, reason) => this.#close(code, reason),
+      // The seed clients show everyone online (`user_list`), so they hear every change.
+      allPresence: true,
     };
     this.#conn = conn;
     if (refused) {
@@ -486,24 +426,15 @@ function randomInt(below: number): number {
  * another host, do).
  */
 export function legacyHandler(node: ChatNode, c: Context): Response {
-  if (node.draining) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(c, "unavailable", "Server restarting: reconnect shortly");
-  }
-  if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-    return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
-  }
+  const refused = checkUpgrade(node, c);
+  if (refused) return refused;
   const address = addressOf(c);
-  const { addresses } = socketCounts(node);
-  const max = node.config.CHAT_MAX_CONNECTIONS_PER_ADDRESS;
-  if ((addresses.get(address) ?? 0) >= max) {
-    node.metrics.refusedUpgrades++;
-    return errorJson(c, "limit_reached", `Too many connections: at most ${max} per address`);
-  }
+  const over = addressOverLimit(node, c, address);
+  if (over) return over;
   const { socket, response } = Deno.upgradeWebSocket(c.req.raw, {
     idleTimeout: node.config.CHAT_IDLE_TIMEOUT_SECONDS,
   });
-  bump(addresses, address, 1);
+  bump(socketCounts(node).addresses, address, 1);
   new LegacyClient(node, socket, address);
   return response;
 }

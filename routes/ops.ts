@@ -6,6 +6,7 @@
  */
 import { Hono } from "hono";
 import type { ChatNode } from "../chat/node.ts";
+import { bearerToken, constantTimeEqual } from "../chat/secrets.ts";
 import { errorJson } from "./errors.ts";
 
 /** How long `/healthz` waits for a KV read before calling KV unreachable. */
@@ -57,15 +58,6 @@ export async function checkHealth(node: ChatNode): Promise<Health> {
   };
 }
 
-/** Compares two strings in time that depends on their lengths only. */
-function sameSecret(given: string, expected: string): boolean {
-  const a = new TextEncoder().encode(given);
-  const b = new TextEncoder().encode(expected);
-  let diff = a.length ^ b.length;
-  for (let i = 0; i < b.length; i++) diff |= (a[i] ?? 0) ^ b[i];
-  return diff === 0;
-}
-
 /** The Prometheus text of a node: its own metrics plus the hub's and the bus's, read now. */
 export function renderMetrics(node: ChatNode): string {
   const hub = node.hub;
@@ -115,8 +107,8 @@ export function opsRoutes(node: ChatNode): Hono {
   app.get("/metrics", (c) => {
     const token = node.config.CHAT_METRICS_TOKEN;
     if (!token) return errorJson(c, "not_found", "Metrics are disabled: set CHAT_METRICS_TOKEN");
-    const given = c.req.header("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
-    if (!sameSecret(given, token)) {
+    const given = bearerToken(c.req.header("authorization"));
+    if (given === undefined || !constantTimeEqual(given, token)) {
       c.header("www-authenticate", 'Bearer realm="metrics"');
       return errorJson(c, "unauthorized", "Expected the metrics bearer token");
     }

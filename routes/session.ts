@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { bearerToken } from "../chat/secrets.ts";
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { getConnInfo } from "hono/deno";
@@ -50,9 +51,7 @@ export function originAllowed(node: ChatNode, c: Context): boolean {
 
 /** The session token of a request: the bearer header first, then the cookie. */
 export function tokenOf(c: Context): string | undefined {
-  const header = c.req.header("authorization");
-  if (header?.startsWith("Bearer ")) return header.slice(7).trim();
-  return getCookie(c, SESSION_COOKIE);
+  return bearerToken(c.req.header("authorization")) ?? getCookie(c, SESSION_COOKIE);
 }
 
 /** The signed-in user of a request, or null. */

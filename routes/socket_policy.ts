@@ -1,11 +1,16 @@
 /**
- * What every socket route shares: the per-node counts behind the connection limits, and the
- * polite close for policy and size violations.
+ * What every socket route shares: the handshake checks made before anything else (draining, a
+ * real upgrade, the per-address limit), the per-node counts behind the connection limits, and
+ * the polite close for policy and size violations.
  *
  * @module
  */
+import type { Context } from "hono";
 import type { ChatNode } from "../chat/node.ts";
+import type { ErrorCode } from "../chat/protocol.ts";
 import { CLOSE_POLICY, CLOSE_TOO_BIG } from "../chat/service.ts";
+import { errorJson } from "./errors.ts";
+import { addressOf } from "./session.ts";
 
 /** Milliseconds without inbound frames before a policy close frame is sent. */
 const CLOSE_QUIET_MS = 50;
@@ -33,6 +38,50 @@ export function bump(map: Map<string, number>, key: string, by: number): void {
   const n = (map.get(key) ?? 0) + by;
   if (n <= 0) map.delete(key);
   else map.set(key, n);
+}
+
+/** Refuses a socket handshake: counted, and logged with the reason and the address only. */
+export function refuseUpgrade(
+  node: ChatNode,
+  c: Context,
+  code: ErrorCode,
+  message: string,
+): Response {
+  node.metrics.refusedUpgrades++;
+  // The reason and the address only: never the token, the ticket or the query string.
+  node.logger.info("socket_refused", { code, address: addressOf(c) });
+  return errorJson(c, code, message);
+}
+
+/**
+ * The checks every socket route makes first: the node is not draining, and the request asks
+ * for a WebSocket upgrade. Returns the refusal, or undefined when the handshake may go on.
+ */
+export function checkUpgrade(node: ChatNode, c: Context): Response | undefined {
+  if (node.draining) {
+    return refuseUpgrade(node, c, "unavailable", "Server restarting: reconnect shortly");
+  }
+  // Not counted as a refused upgrade: no upgrade was asked for.
+  if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+    return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
+  }
+  return undefined;
+}
+
+/** A refusal when `address` has as many sockets as allowed, else undefined. */
+export function addressOverLimit(
+  node: ChatNode,
+  c: Context,
+  address: string,
+): Response | undefined {
+  const max = node.config.CHAT_MAX_CONNECTIONS_PER_ADDRESS;
+  if ((socketCounts(node).addresses.get(address) ?? 0) < max) return undefined;
+  return refuseUpgrade(
+    node,
+    c,
+    "limit_reached",
+    `Too many connections: at most ${max} per address`,
+  );
 }
 
 /** A socket's close, patient for policy and size violations. */

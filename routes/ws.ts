@@ -13,23 +13,17 @@ import type { Connection } from "../chat/hub.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { ChatError, utf8Length } from "../chat/protocol.ts";
 import { CLOSE_TOO_BIG } from "../chat/service.ts";
-import { bump, politeCloser, socketCounts } from "./socket_policy.ts";
-import { errorJson } from "./errors.ts";
+import {
+  addressOverLimit,
+  bump,
+  checkUpgrade,
+  politeCloser,
+  refuseUpgrade,
+  socketCounts,
+} from "./socket_policy.ts";
 import { addressOf, authenticate, originAllowed } from "./session.ts";
 
 export { originAllowed };
-
-function refuse(
-  node: ChatNode,
-  c: Context,
-  code: "unavailable" | "bad_frame" | "forbidden" | "unauthorized" | "limit_reached",
-  message: string,
-): Response {
-  node.metrics.refusedUpgrades++;
-  // The reason and the address only: never the token, the ticket or the query string.
-  node.logger.info("socket_refused", { code, address: addressOf(c) });
-  return errorJson(c, code, message);
-}
 
 /**
  * Checks the handshake: origin, session, limits. Returns the user, or an error response.
@@ -38,15 +32,15 @@ export async function admit(
   node: ChatNode,
   c: Context,
 ): Promise<{ user: UserRecord; address: string } | Response> {
-  if (node.draining) return refuse(node, c, "unavailable", "Server restarting: reconnect shortly");
-  if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-    return errorJson(c, "bad_frame", "Expected a WebSocket upgrade request");
-  }
-  if (!originAllowed(node, c)) return refuse(node, c, "forbidden", "Origin not allowed");
+  const refused = checkUpgrade(node, c);
+  if (refused) return refused;
+  if (!originAllowed(node, c)) return refuseUpgrade(node, c, "forbidden", "Origin not allowed");
   // The only credential a URL may carry is a single-use ticket that expires in seconds.
   const ticket = c.req.query("ticket");
   const who = ticket !== undefined ? await node.auth.redeem(ticket) : await authenticate(node, c);
-  if (!who) return refuse(node, c, "unauthorized", "Expected a valid session: sign in first");
+  if (!who) {
+    return refuseUpgrade(node, c, "unauthorized", "Expected a valid session: sign in first");
+  }
   const address = addressOf(c);
   return overLimit(node, c, who.user, address) ?? { user: who.user, address };
 }
@@ -59,25 +53,17 @@ function overLimit(
   address: string,
 ): Response | undefined {
   const config = node.config;
-  const { users, addresses } = socketCounts(node);
+  const { users } = socketCounts(node);
   const perUser = Math.max(users.get(user.id) ?? 0, node.service.connectionsOf(user.id));
   if (perUser >= config.CHAT_MAX_CONNECTIONS_PER_USER) {
-    return refuse(
+    return refuseUpgrade(
       node,
       c,
       "limit_reached",
       `Too many connections: at most ${config.CHAT_MAX_CONNECTIONS_PER_USER} per user`,
     );
   }
-  if ((addresses.get(address) ?? 0) >= config.CHAT_MAX_CONNECTIONS_PER_ADDRESS) {
-    return refuse(
-      node,
-      c,
-      "limit_reached",
-      `Too many connections: at most ${config.CHAT_MAX_CONNECTIONS_PER_ADDRESS} per address`,
-    );
-  }
-  return undefined;
+  return addressOverLimit(node, c, address);
 }
 
 /**

@@ -355,16 +355,31 @@ Deno.test("toLegacy and parseLegacy translate frame by frame", () => {
   // Told once: a presence change it already knows of is not repeated.
   const u2 = { id: "u2", name: "A&B" };
   assert.deepEqual(
-    toLegacy({ type: "presence", changes: [{ user: u2, online: true }] }, self, online, seen),
+    toLegacy(
+      { type: "presence", changes: [{ user: u2, online: true }], count: 2 },
+      self,
+      online,
+      seen,
+    ),
     [],
   );
   assert.equal(
-    toLegacy({ type: "presence", changes: [{ user: u2, online: false }] }, self, online, seen)[0]
+    toLegacy(
+      { type: "presence", changes: [{ user: u2, online: false }], count: 1 },
+      self,
+      online,
+      seen,
+    )[0]
       .type,
     "logout",
   );
   assert.equal(
-    toLegacy({ type: "presence", changes: [{ user: u2, online: true }] }, self, online, seen)[0]
+    toLegacy(
+      { type: "presence", changes: [{ user: u2, online: true }], count: 2 },
+      self,
+      online,
+      seen,
+    )[0]
       .type,
     "login",
   );
@@ -386,6 +401,7 @@ Deno.test("toLegacy and parseLegacy translate frame by frame", () => {
       {
         type: "presence",
         changes: [{ user: self, online: true }, { user: { id: "u2", name: "A&B" }, online: false }],
+        count: 1,
       },
       self,
       online,

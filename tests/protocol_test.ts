@@ -41,6 +41,7 @@ Deno.test("parseClientFrame accepts every documented frame", () => {
     { type: "user.block", user: "u2" },
     { type: "user.unblock", user: "u2" },
     { type: "presence.list" },
+    { type: "presence.watch", users: ["p0o9", "k3v9"] },
     { type: "user.find", name: "an" },
     { type: "ping", t: 1 },
   ];

@@ -33,9 +33,7 @@ interface Result {
 
 const args = Object.fromEntries(
   Deno.args.flatMap((a, i, all) =>
-    a.startsWith("--")
-      ? [[a.slice(2), all[i + 1]?.startsWith("--") ? "true" : all[i + 1]]]
-      : []
+    a.startsWith("--") ? [[a.slice(2), all[i + 1]?.startsWith("--") ? "true" : all[i + 1]]] : []
   ),
 );
 const seconds = Number(args.seconds ?? 3);
@@ -86,9 +84,7 @@ async function run(layout: Layout, perCommit: number): Promise<Result> {
         ts: Date.now(),
         kind: "text",
       };
-      const expiring = layout === "message-only"
-        ? undefined
-        : { expireIn: 86_400_000 };
+      const expiring = layout === "message-only" ? undefined : { expireIn: 86_400_000 };
       atomic.set(["msg", conv, seq], message, expiring);
       if (layout === "log" || layout === "no-relay") {
         const dedupe = ["dedupe", message.from, message.id];

@@ -97,6 +97,11 @@ export const CONFIG_SCHEMA = z.object({
   CHAT_RETENTION_COUNT: int(10, 10_000_000).default(10_000),
   /** Days a message is kept. */
   CHAT_RETENTION_DAYS: z.coerce.number().positive().max(36500).default(30),
+  /**
+   * Users online (or changes at once) above which a connection hears presence changes only of
+   * the users it watches (its direct chats' peers, `presence.watch`), and the online count.
+   */
+  CHAT_PRESENCE_CROWD: int(0, 1_000_000).default(200),
   /** Bytes queued on a socket beyond which it is closed as a slow consumer. */
   CHAT_MAX_BUFFERED_BYTES: int(1024, 1 << 30).default(4 << 20),
   /** Session lifetime in hours. */

@@ -98,6 +98,7 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
     bus,
     maxBufferedBytes: config.CHAT_MAX_BUFFERED_BYTES,
     resumeLimit: config.CHAT_RESUME_LIMIT,
+    presenceCrowd: config.CHAT_PRESENCE_CROWD,
     onFanout(message, recipients) {
       metrics.messagesOut += recipients;
       metrics.fanoutMs.observe(Math.max(0, Date.now() - message.ts));

@@ -206,6 +206,41 @@ Deno.test("presence: online and offline events, the online list, typing", async 
   assert.deepEqual(events.map((c: { online: boolean }) => c.online), [true, false]);
 });
 
+Deno.test("presence in a crowd: only direct-chat peers and watched users, and the count", async () => {
+  await using server = await startServer({ config: { CHAT_PRESENCE_CROWD: 1 } });
+  const [a, b, c, d] = await Promise.all(
+    ["ann", "bob", "cat", "dan"].map((n) => signIn(server.url, uniqueName(n))),
+  );
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  // Ann and Bob have a direct chat: each hears the other come and go.
+  await ca.request({ type: "send", id: "dm-1", to: b.user.id, text: "hi" }, "ack");
+  await cb.next("message", (f) => f.id === "dm-1");
+  ca.send({ type: "presence.watch", users: [d.user.id] });
+  await ca.request({ type: "ping" }, "pong"); // the watch is applied in frame order
+  const who = new Map([[b.user.id, "bob"], [c.user.id, "cat"], [d.user.id, "dan"]]);
+  // deno-lint-ignore no-explicit-any
+  const named = (f: any): string[] =>
+    (f.changes as { user: { id: string }; online: boolean }[]).map((x) =>
+      `${who.get(x.user.id) ?? "?"}:${x.online ? "on" : "off"}`
+    );
+  const heard: string[] = [];
+  await using cc = await TestClient.connect(server, c.token);
+  await using cd = await TestClient.connect(server, d.token);
+  const withDan = await ca.next("presence", (f) => named(f).includes("dan:on"));
+  heard.push(...named(withDan));
+  assert.equal(withDan.crowd, true);
+  await cb.close();
+  const bobOff = await ca.next("presence", (f) => named(f).includes("bob:off"));
+  heard.push(...named(bobOff));
+  assert.ok(!heard.includes("cat:on"), `cat is neither a peer nor watched: ${heard}`);
+  assert.ok(ca.frames.every((f) => f.type !== "presence" || !named(f).includes("cat:on")));
+  // Counts: everyone hears how many are online (at most every 5 s in a crowd).
+  const count = await cc.next("presence", (f) => f.count === 3, 8000);
+  assert.deepEqual(named(count).filter((x) => x.startsWith("bob")), []);
+  await cd.close();
+});
+
 Deno.test("history pages over the socket and REST, members only", async () => {
   await using server = await startServer({ config: { CHAT_RATE_BURST: 100 } });
   const a = await signIn(server.url, uniqueName("ann"));

@@ -940,9 +940,7 @@ export class Hub {
     }
     const all = [...last.values()];
     const countDue = Date.now() - this.#countSent.at >= (this.#options.presenceCountMs ?? 5000);
-    const countOnly = JSON.stringify(
-      { type: "presence", changes: [], count, crowd: true } satisfies ServerFrame,
-    );
+    const countOnly = countFrame(count);
     let allData: string | undefined;
     for (const member of this.#members.values()) {
       if (member.conn.allPresence) {
@@ -975,13 +973,18 @@ export class Hub {
       this.#countTimer = undefined;
       const count = this.presence.count;
       if (count === this.#countSent.count) return;
-      const data = JSON.stringify(
-        { type: "presence", changes: [], count, crowd: true } satisfies ServerFrame,
-      );
+      const data = countFrame(count);
       for (const member of this.#members.values()) this.#write(member, data);
       this.#countSent = { count, at: Date.now() };
     }, Math.max(0, wait));
   }
+}
+
+/** The presence frame of a crowd that carries only the online count. */
+function countFrame(count: number): string {
+  return JSON.stringify(
+    { type: "presence", changes: [], count, crowd: true } satisfies ServerFrame,
+  );
 }
 
 function frameOf(m: ChatMessage): string {

@@ -67,6 +67,27 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
   return { url, ws: url.replace("http", "ws"), node, kv, close, [Symbol.asyncDispose]: close };
 }
 
+/** A connected client that knows its user id and token. */
+export type SignedClient = TestClient & { id: string; token: string };
+
+/** Signs in a fresh guest named after `prefix` and connects it. */
+export async function connectUser(server: TestServer, prefix: string): Promise<SignedClient> {
+  const signed = await signIn(server.url, uniqueName(prefix));
+  const client = await TestClient.connect(server, signed.token) as SignedClient;
+  client.id = signed.user.id;
+  client.token = signed.token;
+  return client;
+}
+
+let pings = 0;
+
+/** Resolves once every frame sent before it is answered: a ping round trip. */
+export async function settle(client: TestClient, timeoutMs = 5000): Promise<void> {
+  const t = ++pings;
+  client.send({ type: "ping", t });
+  await client.next("pong", (f) => f.t === t, timeoutMs);
+}
+
 /** Signs in a guest; returns the user and token. */
 export async function signIn(
   url: string,

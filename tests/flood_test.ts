@@ -7,18 +7,11 @@
  */
 import assert from "node:assert/strict";
 import { randomId } from "../chat/directory.ts";
-import { signIn, startServer, TestClient, uniqueName, until } from "./_harness.ts";
-import type { Frame, TestServer } from "./_harness.ts";
+import { connectUser, signIn, startServer, TestClient, uniqueName, until } from "./_harness.ts";
+import type { Frame, SignedClient, TestServer } from "./_harness.ts";
 
-type Client = TestClient & { id: string; token: string };
-
-async function user(server: TestServer, prefix: string): Promise<Client> {
-  const signed = await signIn(server.url, uniqueName(prefix));
-  const client = await TestClient.connect(server, signed.token) as Client;
-  client.id = signed.user.id;
-  client.token = signed.token;
-  return client;
-}
+type Client = SignedClient;
+const user = connectUser;
 
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);

@@ -10,8 +10,16 @@ import fc from "fast-check";
 import type { Config } from "../chat/config.ts";
 import { CLIENT_FRAME_SCHEMAS, ERROR_CODES, parseClientFrame } from "../chat/protocol.ts";
 import { randomId } from "../chat/directory.ts";
-import { signIn, startServer, TestClient, uniqueName, until } from "./_harness.ts";
-import type { Frame, TestServer } from "./_harness.ts";
+import {
+  connectUser,
+  settle,
+  signIn,
+  startServer,
+  TestClient,
+  uniqueName,
+  until,
+} from "./_harness.ts";
+import type { Frame, SignedClient, TestServer } from "./_harness.ts";
 
 /** The seed of the generated frames: change it to explore, keep it to replay. */
 const SEED = 20_240_611;
@@ -33,28 +41,13 @@ const quiet: Partial<Config> = {
   CHAT_MAX_GROUPS_PER_USER: 1_000_000,
 };
 
-type Client = TestClient & { id: string; token: string };
-
-async function user(server: TestServer, prefix: string): Promise<Client> {
-  const signed = await signIn(server.url, uniqueName(prefix));
-  const client = await TestClient.connect(server, signed.token) as Client;
-  client.id = signed.user.id;
-  client.token = signed.token;
-  return client;
-}
+type Client = SignedClient;
+const user = connectUser;
 
 /** Drops the frames a client got so far (after the setup of a test). */
 async function forget(client: TestClient): Promise<void> {
   await settle(client);
   client.frames.splice(0, client.frames.length);
-}
-
-let pings = 0;
-/** A ping round trip: the connection is alive and has answered every frame before. */
-async function settle(client: TestClient, timeoutMs = 5000): Promise<void> {
-  const t = ++pings;
-  client.send({ type: "ping", t });
-  await client.next("pong", (f) => f.t === t, timeoutMs);
 }
 
 async function privateGroup(owner: TestClient, text: string): Promise<string> {

@@ -10,27 +10,21 @@ import assert from "node:assert/strict";
 import { LocalNetwork } from "../chat/bus.ts";
 import { directConversation } from "../chat/protocol.ts";
 import { randomId } from "../chat/directory.ts";
-import { signIn, startServer, tempKvPath, TestClient, uniqueName } from "./_harness.ts";
-import type { Frame, TestServer } from "./_harness.ts";
+import {
+  connectUser,
+  settle,
+  signIn,
+  startServer,
+  tempKvPath,
+  TestClient,
+  uniqueName,
+} from "./_harness.ts";
+import type { Frame, SignedClient, TestServer } from "./_harness.ts";
 
 const ADMIN = "admin-token-for-tests-0123456789";
 
-type Client = TestClient & { id: string; token: string };
-
-async function user(server: TestServer, prefix: string): Promise<Client> {
-  const signed = await signIn(server.url, uniqueName(prefix));
-  const client = await TestClient.connect(server, signed.token) as Client;
-  client.id = signed.user.id;
-  client.token = signed.token;
-  return client;
-}
-
-/** Every frame the client got so far is answered: a ping round trip. */
-async function settle(client: TestClient): Promise<void> {
-  const t = Math.random();
-  client.send({ type: "ping", t });
-  await client.next("pong", (f) => f.t === t);
-}
+type Client = SignedClient;
+const user = connectUser;
 
 async function createGroup(owner: TestClient, isPublic: boolean): Promise<string> {
   const name = `g${randomId(6)}`;

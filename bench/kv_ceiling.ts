@@ -103,7 +103,7 @@ async function run(layout: Layout, perCommit: number): Promise<Result> {
       }, {
         expireIn: 600_000,
       });
-      atomic.set(["relay", "head"], Date.now());
+      atomic.sum(["relay", "count"], 1n);
     }
     const result = await atomic.commit();
     if (!result.ok) {

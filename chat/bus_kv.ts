@@ -1,17 +1,19 @@
 /**
  * A bus that needs no `BroadcastChannel`: a relay log in Deno KV. Each node appends its
- * envelopes to `["relay", "log", <commit versionstamp>]` (so entries list in commit order) and
- * touches `["relay", "head"]`; every node watches that one key and, on each change (watch
- * coalesces, so a change means "one or more"), lists the log after the last entry it read. A
- * slow poll covers a watch that stalls or ends (it is restarted), and processes that share a
- * KV file (a watch only hears the commits of its own process). One watched key keeps well under
- * KV's limit of 10 keys per watch. This is what links instances on Deno Deploy and processes
- * sharing a KV file or a KV Connect server.
+ * envelopes to `["relay", "log", <commit versionstamp>]` (so entries list in commit order) and,
+ * in the same commit, adds 1 to the counter `["relay", "count"]`; every node watches that one
+ * key and, on each change (watch coalesces, so a change means "one or more"), lists the log
+ * after the last entry it read, unless every commit counted since it last looked was its own
+ * (it knows their versionstamps): a busy node does not read back its own entries. A slow poll
+ * covers a watch that stalls or ends (it is restarted), and processes that share a KV file (a
+ * watch only hears the commits of its own process). One watched key keeps well under KV's limit
+ * of 10 keys per watch. This is what links instances on Deno Deploy and processes sharing a KV
+ * file or a KV Connect server.
  *
  * @module
  */
 import type { Bus, Envelope } from "./bus.ts";
-import { RELAY_HEAD_KEY, RELAY_LOG_PREFIX } from "./keys.ts";
+import { RELAY_COUNT_KEY, RELAY_LOG_PREFIX } from "./keys.ts";
 import { retryLocked } from "./message_log.ts";
 import type { RelayEntry } from "./message_log.ts";
 
@@ -37,6 +39,8 @@ const MAX_VALUE_CHARS = 55_000;
 /** A {@linkcode Bus} over a relay log in Deno KV. */
 export class KvBus implements Bus {
   readonly name = "kv";
+  /** Reads of the relay log, and watch events left unread because they were all this node's. */
+  readonly stats = { reads: 0, skipped: 0 };
   readonly #kv: Deno.Kv;
   readonly #options: KvBusOptions;
   #receive: (envelope: Envelope) => void = () => {};
@@ -50,14 +54,27 @@ export class KvBus implements Bus {
   #lastReadAt = 0;
   #closed = false;
   #healthy = true;
-  #watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]> | null = null;
+  #watch: ReadableStreamDefaultReader<Deno.KvEntryMaybe<Deno.KvU64>[]> | null = null;
   #poll: ReturnType<typeof setInterval> | undefined;
   #started: Promise<void>;
+  /** The relay counter and its versionstamp when this node last looked (null: not yet). */
+  #seen: { count: bigint; versionstamp: string | null } | null = null;
+  /** Versionstamps of this node's relay commits newer than `#seen`, oldest first. */
+  #own: string[] = [];
 
   constructor(kv: Deno.Kv, options: KvBusOptions) {
     this.#kv = kv;
     this.#options = options;
     this.#started = this.#start();
+  }
+
+  /**
+   * This node made a relay commit (its own envelopes, or the message log's entry). Its entries
+   * are skipped on read anyway; knowing them lets a watch event they alone caused go unread.
+   */
+  committed(versionstamp: string): void {
+    this.#own.push(versionstamp);
+    if (this.#own.length > 10_000) this.#own.shift();
   }
 
   /** Resolves once the bus knows where the log ends and is watching it. */
@@ -121,14 +138,15 @@ export class KvBus implements Bus {
   /** Watches the relay head; restarts the watch when it fails or ends. */
   #startWatch(): void {
     if (this.#closed) return;
-    const reader = this.#kv.watch([RELAY_HEAD_KEY]).getReader();
+    const reader = this.#kv.watch<[Deno.KvU64]>([RELAY_COUNT_KEY]).getReader();
     this.#watch = reader;
     (async () => {
       try {
         for (;;) {
-          const { done } = await reader.read();
+          const { done, value } = await reader.read();
           if (done || this.#closed) break;
-          this.#soon();
+          if (this.#foreign(value[0])) this.#soon();
+          else this.stats.skipped++;
         }
       } catch {
         this.#healthy = false;
@@ -137,6 +155,25 @@ export class KvBus implements Bus {
         setTimeout(() => this.#startWatch(), 500);
       }
     })();
+  }
+
+  /**
+   * Whether the relay counter moved by more than this node's own commits since the last look.
+   * An own commit whose versionstamp is not known yet counts as foreign: a read too many, never
+   * one too few.
+   */
+  #foreign(entry: Deno.KvEntryMaybe<Deno.KvU64>): boolean {
+    const count = entry.value?.value ?? 0n;
+    const versionstamp = entry.versionstamp;
+    const seen = this.#seen;
+    this.#seen = { count, versionstamp };
+    if (!seen || versionstamp === null || count < seen.count) return true;
+    let own = 0;
+    while (this.#own.length && versionstamp >= this.#own[0]) {
+      if (seen.versionstamp === null || this.#own[0] > seen.versionstamp) own++;
+      this.#own.shift();
+    }
+    return count - seen.count > BigInt(own);
   }
 
   #flush(): void {
@@ -168,14 +205,15 @@ export class KvBus implements Bus {
     for (const part of chunks) {
       const value: BatchEntry = { node: this.#options.node, envelopes: part };
       try {
-        await retryLocked(() =>
+        const result = await retryLocked(() =>
           this.#kv.atomic()
             .set([...RELAY_LOG_PREFIX, this.#kv.commitVersionstamp()], value, {
               expireIn: 10 * 60_000,
             })
-            .set(RELAY_HEAD_KEY, Date.now())
+            .sum(RELAY_COUNT_KEY, 1n)
             .commit()
         );
+        if (result.ok) this.committed(result.versionstamp);
         this.#healthy = true;
       } catch {
         this.#healthy = false;
@@ -218,6 +256,7 @@ export class KvBus implements Bus {
     try {
       do {
         this.#again = false;
+        this.stats.reads++;
         const selector: Deno.KvListSelector = this.#last
           ? { start: [...this.#last, 0], end: [...RELAY_LOG_PREFIX, "\uffff"] }
           : { prefix: RELAY_LOG_PREFIX };

@@ -275,11 +275,6 @@ export class Directory {
     });
   }
 
-  /** Whether `user` blocks `other`. */
-  async blocks(user: UserId, other: UserId): Promise<boolean> {
-    return (await retryLocked(() => this.#kv.get(blockKey(user, other)))).value === true;
-  }
-
   /** Users `user` blocks. */
   async blocked(user: UserId): Promise<UserId[]> {
     return (await this.#list(["block", user], 10_000)).map((e) => e.key[2] as UserId);

@@ -16,8 +16,11 @@ export const headKey = (conv: ConversationId): Deno.KvKey => ["head", conv];
 export const dedupeKey = (user: UserId, clientId: string): Deno.KvKey => ["dedupe", user, clientId];
 /** Relay log entries, keyed by commit versionstamp so they list in commit order. */
 export const RELAY_LOG_PREFIX: Deno.KvKey = ["relay", "log"];
-/** Touched on every relay commit; watched by the KV bus. */
-export const RELAY_HEAD_KEY: Deno.KvKey = ["relay", "head"];
+/**
+ * `Deno.KvU64`: how many relay commits were made, by every node (a `sum` of 1 in each). Watched
+ * by the KV bus: a node that made every commit since it last looked need not read the log.
+ */
+export const RELAY_COUNT_KEY: Deno.KvKey = ["relay", "count"];
 
 /** `UserRecord` by id. */
 export const userKey = (id: UserId): Deno.KvKey => ["user", id];

@@ -4,7 +4,8 @@
  * Each message gets the next sequence number of its conversation, with no gaps and no
  * duplicates, even when several isolates or processes append to the same conversation at once:
  * a commit checks the conversation's head and every message's dedupe key, and retries when
- * another writer got there first. Appends made in the same tick share one atomic commit (a
+ * another writer got there first. A message can carry one more key that must be absent (a
+ * block), checked in the same commit: no read of its own, and no window between check and write. Appends made in the same tick share one atomic commit (a
  * local KV file takes only a few thousand commits per second, but a hundred messages per commit
  * as easily as one).
  *
@@ -15,7 +16,7 @@ import {
   headKey,
   messageKey,
   messagePrefix,
-  RELAY_HEAD_KEY,
+  RELAY_COUNT_KEY,
   RELAY_LOG_PREFIX,
 } from "./keys.ts";
 import type { ChatMessage, ConversationId, UserId } from "./protocol.ts";
@@ -30,6 +31,11 @@ export interface AppendInput {
   text: string;
   kind: ChatMessage["kind"];
   meta?: ChatMessage["meta"];
+  /**
+   * A key that must be absent when the message is stored, checked in the same commit (a block,
+   * say): if it is present, the append rejects with `error` and nothing is stored.
+   */
+  refuseIf?: { key: Deno.KvKey; error: Error };
 }
 
 /** The stored message, and whether it had been stored before. */
@@ -50,8 +56,11 @@ export interface MessageLogOptions {
   retentionCount: number;
   /** Milliseconds a message is kept. */
   retentionMs: number;
-  /** Write a relay log entry in each commit, for the KV bus. */
-  relay?: { node: string };
+  /**
+   * Write a relay log entry in each commit, for the KV bus; `committed` hears the versionstamp
+   * of each such commit (the bus need not read back its own entries).
+   */
+  relay?: { node: string; committed?: (versionstamp: string) => void };
   /** Called after each successful commit with the new messages (not the duplicates). */
   onCommit?: (messages: ChatMessage[], commitMs: number) => void;
   /** Milliseconds appends wait to share a commit (default 1). */
@@ -266,13 +275,13 @@ export class MessageLog {
   #takeBatch(): Pending[] {
     const convs = new Set<ConversationId>();
     let checks = 0;
-    let mutations = 2; // the relay entry and head
+    let mutations = 2; // the relay entry and counter
     let bytes = 0;
     let n = 0;
     for (; n < this.#queue.length; n++) {
       const { input } = this.#queue[n];
       const newConv = !convs.has(input.conv);
-      const addChecks = 1 + (newConv ? 1 : 0);
+      const addChecks = 1 + (newConv ? 1 : 0) + (input.refuseIf ? 1 : 0);
       const addMutations = 3 + (newConv ? 1 : 0);
       const addBytes = input.text.length * 3 + input.name.length * 3 + 300;
       if (
@@ -336,6 +345,14 @@ export class MessageLog {
         });
         unique = unique.filter((p) => !found.includes(p));
       }
+      // A failed check may be a precondition: refuse the appends whose key is now present.
+      const guarded = unique.filter((p) => p.input.refuseIf);
+      if (guarded.length) {
+        const present = await getMany(this.#kv, guarded.map((p) => p.input.refuseIf!.key));
+        const refused = guarded.filter((_, i) => present[i].versionstamp !== null);
+        for (const p of refused) p.reject(p.input.refuseIf!.error);
+        if (refused.length) unique = unique.filter((p) => !refused.includes(p));
+      }
     }
 
     const convs = [...new Set(unique.map((p) => p.input.conv))];
@@ -374,6 +391,7 @@ export class MessageLog {
       planned.push([p, message]);
       const dk = dedupeKey(p.input.from, p.input.id);
       atomic.check({ key: dk, versionstamp: null });
+      if (p.input.refuseIf) atomic.check({ key: p.input.refuseIf.key, versionstamp: null });
       atomic.set(messageKey(message.conv, seq), message, { expireIn: retentionMs });
       atomic.set(dk, { conv: message.conv, seq, ts: now }, {
         expireIn: Math.max(retentionMs, DEDUPE_MS),
@@ -390,7 +408,7 @@ export class MessageLog {
       atomic.set([...RELAY_LOG_PREFIX, this.#kv.commitVersionstamp()], entry, {
         expireIn: 10 * 60_000,
       });
-      atomic.set(RELAY_HEAD_KEY, now);
+      atomic.sum(RELAY_COUNT_KEY, 1n);
     }
 
     if (planned.length) {
@@ -410,6 +428,7 @@ export class MessageLog {
       for (const conv of convs) {
         this.#heads.set(conv, { seq: next.get(conv)!, versionstamp: result.versionstamp });
       }
+      this.#options.relay?.committed?.(result.versionstamp);
       try {
         this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
       } catch {

@@ -75,14 +75,16 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
     }
   });
   const bus = metrics.measure(new MultiBus(buses));
-  const relay = buses.some((b) => b instanceof KvBus);
+  const relay = buses.find((b): b is KvBus => b instanceof KvBus);
   // The hub is created below; the log calls it on each commit.
   // deno-lint-ignore prefer-const -- assigned once the log exists: the log calls the hub.
   let hub!: Hub;
   const log = new MessageLog(kv, {
     retentionCount: config.CHAT_RETENTION_COUNT,
     retentionMs: config.CHAT_RETENTION_DAYS * 86_400_000,
-    relay: relay ? { node: id } : undefined,
+    relay: relay
+      ? { node: id, committed: (versionstamp) => relay.committed(versionstamp) }
+      : undefined,
     onCommit(messages, ms) {
       metrics.kvWriteMs.observe(ms);
       withSpanSync(

@@ -13,8 +13,8 @@ import type { Directory, GroupRecord, UserRecord } from "./directory.ts";
 import { randomId } from "./directory.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { Logger } from "./logger.ts";
-import { headKey, messageKey, readKey } from "./keys.ts";
-import type { MessageLog } from "./message_log.ts";
+import { blockKey, headKey, messageKey, readKey } from "./keys.ts";
+import type { AppendInput, MessageLog } from "./message_log.ts";
 import { getMany } from "./message_log.ts";
 import type { Metrics } from "./metrics.ts";
 import { canonicalName, checkGroupName, checkText } from "./names.ts";
@@ -479,7 +479,7 @@ export class ChatService {
     } else {
       throw new ChatError("bad_frame", "Invalid send frame: expected conv or to");
     }
-    await this.#authorizePost(user, conv, connId);
+    const refuseIf = await this.#authorizePost(user, conv, connId);
     const { message, duplicate } = await withSpan("chat.kv.append", {}, () => {
       const appended = this.#deps.log.append({
         conv,
@@ -488,6 +488,7 @@ export class ChatService {
         name: user.name,
         text: input.text,
         kind: "text",
+        refuseIf,
       });
       queued?.();
       return appended;
@@ -504,7 +505,16 @@ export class ChatService {
     return ack;
   }
 
-  async #authorizePost(user: UserRecord, conv: ConversationId, connId?: string): Promise<void> {
+  /**
+   * Checks that `user` may post in `conv`. For a direct chat it returns the block the log must
+   * find absent when it stores the message: checked in the append's own commit, so a block
+   * holds on every node at once without a read per message.
+   */
+  async #authorizePost(
+    user: UserRecord,
+    conv: ConversationId,
+    connId?: string,
+  ): Promise<AppendInput["refuseIf"]> {
     const parsed = parseConversation(conv);
     if (parsed.kind === "direct") {
       const [a, b] = parsed.users;
@@ -517,10 +527,10 @@ export class ChatService {
         if (!(await this.#deps.directory.user(peer))) throw notFound(conv);
         await this.#deps.directory.openDirect(user.id, peer);
       }
-      if (await this.#blocks(peer, user.id)) {
-        throw new ChatError("forbidden", "Cannot send: this user does not accept your messages");
-      }
-      return;
+      return {
+        key: blockKey(peer, user.id),
+        error: new ChatError("forbidden", "Cannot send: this user does not accept your messages"),
+      };
     }
     if (!(await this.#canUse(user, conv, connId))) throw notFound(conv);
   }
@@ -546,11 +556,6 @@ export class ChatService {
         return parsed.users.includes(user) &&
           (await this.#deps.directory.users(parsed.users)).length === 2;
     }
-  }
-
-  /** Whether `user` blocks `other`, read from KV each time so a block holds on every node at once. */
-  async #blocks(user: UserId, other: UserId): Promise<boolean> {
-    return await this.#deps.directory.blocks(user, other);
   }
 
   /**

@@ -213,3 +213,35 @@ Deno.test("log: a failing commit listener does not fail the append", async () =>
   await log.close();
   kv.close();
 });
+
+Deno.test("log: an append refused by a present key stores nothing, and its batch goes on", async () => {
+  await withLog({}, async (log, kv) => {
+    const blocked = ["block", "u2", "u1"];
+    const refused = new Error("blocked");
+    const guard = { key: blocked, error: refused };
+    // Absent: stored like any other.
+    const first = await log.append({ ...input("d:u1:u2", "m1"), refuseIf: guard });
+    assert.equal(first.message.seq, 1);
+
+    await kv.set(blocked, true);
+    // In one commit with others: only the guarded append fails, the others keep their order.
+    const results = await Promise.allSettled([
+      log.append(input("d:u1:u3", "m2")),
+      log.append({ ...input("d:u1:u2", "m3"), refuseIf: guard }),
+      log.append(input("d:u1:u2", "m4", "u2")),
+    ]);
+    assert.equal(results[0].status, "fulfilled");
+    assert.deepEqual(results[1], { status: "rejected", reason: refused });
+    assert.equal(results[2].status, "fulfilled");
+    assert.equal(
+      (results[2] as PromiseFulfilledResult<{ message: { seq: number } }>).value.message.seq,
+      2,
+    );
+    assert.equal(await log.head("d:u1:u2"), 2);
+    assert.deepEqual((await log.range("d:u1:u2", 0, 10)).map((m) => m.id), ["m1", "m4"]);
+    // The refused id was not taken: once unblocked, the same id is stored.
+    await kv.delete(blocked);
+    const again = await log.append({ ...input("d:u1:u2", "m3"), refuseIf: guard });
+    assert.deepEqual([again.duplicate, again.message.seq], [false, 3]);
+  });
+});

@@ -462,7 +462,8 @@ const P = quick
     w2: { ns: [32, 100, 500], warmup: 1, seconds: 3, reps: 3 },
     w3: {
       n: 1000,
-      rates: [5_000, 10_000, 20_000, 30_000, 40_000, 50_000],
+      // The steps are 5k → 50k; 2k–4k below them find the knee when 5k fails.
+      rates: [2_000, 3_000, 4_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000],
       warmup: 1,
       seconds: 2,
       reps: 3,

@@ -1,0 +1,182 @@
+/**
+ * Where a server's CPU goes, by thread and by code (kernel, the Deno binary with V8's builtins,
+ * libc, JIT-compiled JavaScript), for ours and the minimal Deno relay under the same load.
+ * The V8 profile (`bench/profile.ts`) sees only JavaScript; `perf` sees every thread, KV's
+ * SQLite thread (`sw-0`) included, and the kernel's share of each socket write.
+ *
+ *   deno run -A bench/perf_split.ts [--mode fanout|dm] [--clients 500] [--rate 50000]
+ *     [--seconds 4] [--targets ours,relay] [--top 8]
+ *
+ * For each target: starts the server on core 0 (`--v8-flags=--perf-basic-prof`, so JIT frames
+ * have names), starts `bench/load.ts` on core 1, waits for every client's join and a second of
+ * warm-up, then samples the server with `perf record -F 1999` for `--seconds` while the load
+ * runs. Prints samples per thread and object, as a share of one core, and the hottest
+ * JavaScript functions. Needs `perf` (Debian: `apt-get install linux-perf`) and root.
+ *
+ * @module
+ */
+import { parseArgs, round, sleep } from "./lib.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const FREQ = 1999;
+
+/** Samples per (thread, object) of one `perf record`, and the top JIT symbols. */
+export interface Split {
+  target: string;
+  seconds: number;
+  rows: { thread: string; object: string; samples: number; corePercent: number }[];
+  js: { symbol: string; samples: number }[];
+  load: string;
+}
+
+async function run(cmd: string[], options: Deno.CommandOptions = {}): Promise<string> {
+  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), ...options, stdout: "piped" })
+    .output();
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Parses `perf report --sort comm,dso -n` lines: `  12.34%  567  thread  object`. */
+export function parseReport(text: string): { thread: string; object: string; samples: number }[] {
+  const rows = [];
+  for (const line of text.split("\n")) {
+    const m = line.match(/^\s+[\d.]+%\s+(\d+)\s+(\S.*?)\s{2,}(\S.*?)\s*$/);
+    if (m) rows.push({ samples: Number(m[1]), thread: m[2], object: m[3] });
+  }
+  return rows;
+}
+
+function startServer(target: string, port: number, dir: string): Deno.ChildProcess {
+  const flags = ["--allow-all", "--v8-flags=--perf-basic-prof"];
+  const args = target === "ours"
+    ? ["deno", "serve", ...flags, "--host", "127.0.0.1", "--port", String(port), "main.ts"]
+    : ["deno", "run", ...flags, "bench/peers/deno_relay.ts", String(port)];
+  return new Deno.Command("taskset", {
+    args: ["-c", "0", ...args],
+    cwd: ROOT,
+    env: {
+      CHAT_KV_PATH: `${dir}/chat.kv`,
+      CHAT_RATE_BURST: "100000",
+      CHAT_RATE_PER_SECOND: "100000",
+      CHAT_USER_RATE_BURST: "100000",
+      CHAT_USER_RATE_PER_SECOND: "100000",
+      CHAT_MAX_CONNECTIONS_PER_ADDRESS: "1000000",
+      CHAT_SIGNIN_PER_MINUTE: "100000",
+      CHAT_MAX_BUFFERED_BYTES: String(64 << 20),
+      CHAT_LOG_LEVEL: "warn",
+    },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+}
+
+/** Runs one target under load and samples it. */
+export async function split(
+  target: string,
+  options: { mode: string; clients: number; rate: number; seconds: number; top: number },
+): Promise<Split> {
+  const dir = await Deno.makeTempDir({ prefix: "perfsplit-" });
+  const port = 30000 + Math.floor(Math.random() * 20000);
+  const server = startServer(target, port, dir);
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    try {
+      await (await fetch(url)).body?.cancel();
+      break;
+    } catch {
+      await sleep(100);
+    }
+  }
+  const load = new Deno.Command("taskset", {
+    args: [
+      ...["-c", "1", "deno", "run", "-A", `${ROOT}/bench/load.ts`, "--target", target],
+      ...["--url", url, "--server-pid", String(server.pid), "--mode", options.mode],
+      ...["--clients", String(options.clients), "--rates", String(options.rate)],
+      ...["--warmup", "1", "--seconds", String(options.seconds + 3), "--reps", "1"],
+      ...["--max-seconds", "120", "--no-stop", "true"],
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Sample once every client has joined and the warm-up is over.
+  const stderr = load.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!/joined/.test(seen)) {
+    const { value, done } = await stderr.read();
+    if (done) break;
+    seen += value;
+  }
+  const rest = (async () => {
+    for (;;) {
+      const { value, done } = await stderr.read();
+      if (done) return;
+      seen += value;
+    }
+  })();
+  await sleep(1500);
+  const data = `${dir}/perf.data`;
+  await run([
+    ...["perf", "record", "-F", String(FREQ), "-g", "-p", String(server.pid)],
+    ...["-o", data, "--", "sleep", String(options.seconds)],
+  ], { stderr: "null" });
+  await load.status;
+  await rest;
+  const loadOut = await new Response(load.stdout).text();
+  server.kill("SIGTERM");
+  await server.status;
+  const report = await run([
+    ...["perf", "report", "-i", data, "--no-children", "-n", "--sort", "comm,dso"],
+    ...["--stdio", "-g", "none"],
+  ], { stderr: "null" });
+  const jsReport = await run([
+    ...["perf", "report", "-i", data, "--no-children", "-n", "--sort", "sym"],
+    ...["--stdio", "-g", "none"],
+  ], { stderr: "null" });
+  const js = jsReport.split("\n").flatMap((line) => {
+    const m = line.match(/^\s+[\d.]+%\s+(\d+)\s+\[\.\]\s+JS:\S?(.*)$/);
+    return m ? [{ samples: Number(m[1]), symbol: m[2].replace(`file://${ROOT}/`, "") }] : [];
+  }).slice(0, options.top);
+  await Deno.remove(dir, { recursive: true });
+  const total = FREQ * options.seconds;
+  const rows = parseReport(report).map((r) => ({
+    ...r,
+    // One JIT map per process: "[JIT] tid 123" is the same object in every run.
+    object: r.object.startsWith("[JIT]") ? "[JIT] JavaScript" : r.object,
+    corePercent: round((r.samples / total) * 100, 1),
+  }));
+  const line = seen.split("\n").find((l) => /rate .*\/s:/.test(l)) ?? "";
+  return { target, seconds: options.seconds, rows, js, load: line.trim() || loadOut.slice(0, 200) };
+}
+
+if (import.meta.main) {
+  const args = parseArgs(Deno.args);
+  const options = {
+    mode: args.mode ?? "fanout",
+    clients: Number(args.clients ?? 500),
+    rate: Number(args.rate ?? 50000),
+    seconds: Number(args.seconds ?? 4),
+    top: Number(args.top ?? 8),
+  };
+  const targets = (args.targets ?? "ours,relay").split(",");
+  const splits: Split[] = [];
+  for (const target of targets) splits.push(await split(target, options));
+  const keys = [...new Set(splits.flatMap((s) => s.rows.map((r) => `${r.thread} | ${r.object}`)))];
+  const cell = (s: Split, key: string) =>
+    s.rows.filter((r) => `${r.thread} | ${r.object}` === key)
+      .reduce((a, r) => a + r.corePercent, 0);
+  console.log(
+    `${options.mode}, ${options.clients} clients, ${options.rate}/s, ${options.seconds} s sampled`,
+  );
+  for (const s of splits) console.log(`${s.target}: ${s.load}`);
+  console.log(`\n| thread | object | ${targets.map((t) => `${t} (% of a core)`).join(" | ")} |`);
+  console.log(`| --- | --- | ${targets.map(() => "---").join(" | ")} |`);
+  const rows = keys.map((k) => ({ k, v: splits.map((s) => cell(s, k)) }))
+    .filter((r) => r.v.some((v) => v >= 0.2))
+    .sort((a, b) => b.v[0] - a.v[0]);
+  for (const r of rows) console.log(`| ${r.k} | ${r.v.map((v) => round(v, 1)).join(" | ")} |`);
+  const totals = splits.map((s) => round(s.rows.reduce((a, r) => a + r.corePercent, 0), 1));
+  console.log(`| all | | ${totals.join(" | ")} |`);
+  for (const s of splits) {
+    console.log(`\nhottest JavaScript (${s.target}, samples):`);
+    for (const j of s.js) console.log(`  ${String(j.samples).padStart(5)}  ${j.symbol}`);
+  }
+}

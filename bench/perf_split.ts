@@ -46,7 +46,8 @@ export function parseReport(text: string): { thread: string; object: string; sam
 }
 
 function startServer(target: string, port: number, dir: string): Deno.ChildProcess {
-  const flags = ["--allow-all", "--v8-flags=--perf-basic-prof"];
+  // `--perf-basic-prof` also turns on V8's log: keep it out of the working tree.
+  const flags = ["--allow-all", `--v8-flags=--perf-basic-prof,--logfile=${dir}/v8.log`];
   const args = target === "ours"
     ? ["deno", "serve", ...flags, "--host", "127.0.0.1", "--port", String(port), "main.ts"]
     : ["deno", "run", ...flags, "bench/peers/deno_relay.ts", String(port)];

@@ -909,16 +909,26 @@ async function modeDm() {
         const from = clients[j];
         if (!from.open) continue;
         const t = performance.now();
-        from.ws!.send(adapter.encode(from, payload(t, j, ++seq), clients[partner[j]]));
+        from.ws!.send(
+          adapter.encode(from, payload(t, j, ++seq), clients[partner[j]]),
+        );
         if (offlineCount > 0) {
-          from.ws!.send(adapter.encode(from, payload(t, j, ++seq), offline[j % offlineCount]));
+          from.ws!.send(
+            adapter.encode(
+              from,
+              payload(t, j, ++seq),
+              offline[j % offlineCount],
+            ),
+          );
         }
       }
       await sleep(50);
     }
     await sleep(1500);
     openConversationsMs = round(performance.now() - t0);
-    log(`opened ${N} pairs' conversations in ${openConversationsMs} ms (incl. 1.5 s settling)`);
+    log(
+      `opened ${N} pairs' conversations in ${openConversationsMs} ms (incl. 1.5 s settling)`,
+    );
   }
   const steps = [];
   let knee = 0;

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { parseArgs, round, sleep } from "./lib.ts";
+import { OURS_ENV, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const FREQ = 1999;
@@ -24,19 +24,33 @@ const FREQ = 1999;
 export interface Split {
   target: string;
   seconds: number;
-  rows: { thread: string; object: string; samples: number; corePercent: number }[];
+  rows: {
+    thread: string;
+    object: string;
+    samples: number;
+    corePercent: number;
+  }[];
   js: { symbol: string; samples: number }[];
   load: string;
 }
 
-async function run(cmd: string[], options: Deno.CommandOptions = {}): Promise<string> {
-  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), ...options, stdout: "piped" })
+async function run(
+  cmd: string[],
+  options: Deno.CommandOptions = {},
+): Promise<string> {
+  const out = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    ...options,
+    stdout: "piped",
+  })
     .output();
   return new TextDecoder().decode(out.stdout);
 }
 
 /** Parses `perf report --sort comm,dso -n` lines: `  12.34%  567  thread  object`. */
-export function parseReport(text: string): { thread: string; object: string; samples: number }[] {
+export function parseReport(
+  text: string,
+): { thread: string; object: string; samples: number }[] {
   const rows = [];
   for (const line of text.split("\n")) {
     const m = line.match(/^\s+[\d.]+%\s+(\d+)\s+(\S.*?)\s{2,}(\S.*?)\s*$/);
@@ -45,26 +59,32 @@ export function parseReport(text: string): { thread: string; object: string; sam
   return rows;
 }
 
-function startServer(target: string, port: number, dir: string): Deno.ChildProcess {
+function startServer(
+  target: string,
+  port: number,
+  dir: string,
+): Deno.ChildProcess {
   // `--perf-basic-prof` also turns on V8's log: keep it out of the working tree.
-  const flags = ["--allow-all", `--v8-flags=--perf-basic-prof,--logfile=${dir}/v8.log`];
+  const flags = [
+    "--allow-all",
+    `--v8-flags=--perf-basic-prof,--logfile=${dir}/v8.log`,
+  ];
   const args = target === "ours"
-    ? ["deno", "serve", ...flags, "--host", "127.0.0.1", "--port", String(port), "main.ts"]
+    ? [
+      "deno",
+      "serve",
+      ...flags,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "main.ts",
+    ]
     : ["deno", "run", ...flags, "bench/peers/deno_relay.ts", String(port)];
   return new Deno.Command("taskset", {
     args: ["-c", "0", ...args],
     cwd: ROOT,
-    env: {
-      CHAT_KV_PATH: `${dir}/chat.kv`,
-      CHAT_RATE_BURST: "100000",
-      CHAT_RATE_PER_SECOND: "100000",
-      CHAT_USER_RATE_BURST: "100000",
-      CHAT_USER_RATE_PER_SECOND: "100000",
-      CHAT_MAX_CONNECTIONS_PER_ADDRESS: "1000000",
-      CHAT_SIGNIN_PER_MINUTE: "100000",
-      CHAT_MAX_BUFFERED_BYTES: String(64 << 20),
-      CHAT_LOG_LEVEL: "warn",
-    },
+    env: { ...OURS_ENV, CHAT_KV_PATH: `${dir}/chat.kv` },
     stdout: "null",
     stderr: "null",
   }).spawn();
@@ -73,26 +93,53 @@ function startServer(target: string, port: number, dir: string): Deno.ChildProce
 /** Runs one target under load and samples it. */
 export async function split(
   target: string,
-  options: { mode: string; clients: number; rate: number; seconds: number; top: number },
+  options: {
+    mode: string;
+    clients: number;
+    rate: number;
+    seconds: number;
+    top: number;
+  },
 ): Promise<Split> {
   const dir = await Deno.makeTempDir({ prefix: "perfsplit-" });
   const port = 30000 + Math.floor(Math.random() * 20000);
   const server = startServer(target, port, dir);
   const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    try {
-      await (await fetch(url)).body?.cancel();
-      break;
-    } catch {
-      await sleep(100);
-    }
-  }
+  await waitForHttp(url);
   const load = new Deno.Command("taskset", {
     args: [
-      ...["-c", "1", "deno", "run", "-A", `${ROOT}/bench/load.ts`, "--target", target],
-      ...["--url", url, "--server-pid", String(server.pid), "--mode", options.mode],
-      ...["--clients", String(options.clients), "--rates", String(options.rate)],
-      ...["--warmup", "1", "--seconds", String(options.seconds + 3), "--reps", "1"],
+      ...[
+        "-c",
+        "1",
+        "deno",
+        "run",
+        "-A",
+        `${ROOT}/bench/load.ts`,
+        "--target",
+        target,
+      ],
+      ...[
+        "--url",
+        url,
+        "--server-pid",
+        String(server.pid),
+        "--mode",
+        options.mode,
+      ],
+      ...[
+        "--clients",
+        String(options.clients),
+        "--rates",
+        String(options.rate),
+      ],
+      ...[
+        "--warmup",
+        "1",
+        "--seconds",
+        String(options.seconds + 3),
+        "--reps",
+        "1",
+      ],
       ...["--max-seconds", "120", "--no-stop", "true"],
     ],
     stdout: "piped",
@@ -125,7 +172,16 @@ export async function split(
   server.kill("SIGTERM");
   await server.status;
   const report = await run([
-    ...["perf", "report", "-i", data, "--no-children", "-n", "--sort", "comm,dso"],
+    ...[
+      "perf",
+      "report",
+      "-i",
+      data,
+      "--no-children",
+      "-n",
+      "--sort",
+      "comm,dso",
+    ],
     ...["--stdio", "-g", "none"],
   ], { stderr: "null" });
   const jsReport = await run([
@@ -145,7 +201,13 @@ export async function split(
     corePercent: round((r.samples / total) * 100, 1),
   }));
   const line = seen.split("\n").find((l) => /rate .*\/s:/.test(l)) ?? "";
-  return { target, seconds: options.seconds, rows, js, load: line.trim() || loadOut.slice(0, 200) };
+  return {
+    target,
+    seconds: options.seconds,
+    rows,
+    js,
+    load: line.trim() || loadOut.slice(0, 200),
+  };
 }
 
 if (import.meta.main) {
@@ -160,7 +222,11 @@ if (import.meta.main) {
   const targets = (args.targets ?? "ours,relay").split(",");
   const splits: Split[] = [];
   for (const target of targets) splits.push(await split(target, options));
-  const keys = [...new Set(splits.flatMap((s) => s.rows.map((r) => `${r.thread} | ${r.object}`)))];
+  const keys = [
+    ...new Set(
+      splits.flatMap((s) => s.rows.map((r) => `${r.thread} | ${r.object}`)),
+    ),
+  ];
   const cell = (s: Split, key: string) =>
     s.rows.filter((r) => `${r.thread} | ${r.object}` === key)
       .reduce((a, r) => a + r.corePercent, 0);
@@ -168,16 +234,22 @@ if (import.meta.main) {
     `${options.mode}, ${options.clients} clients, ${options.rate}/s, ${options.seconds} s sampled`,
   );
   for (const s of splits) console.log(`${s.target}: ${s.load}`);
-  console.log(`\n| thread | object | ${targets.map((t) => `${t} (% of a core)`).join(" | ")} |`);
+  console.log(
+    `\n| thread | object | ${targets.map((t) => `${t} (% of a core)`).join(" | ")} |`,
+  );
   console.log(`| --- | --- | ${targets.map(() => "---").join(" | ")} |`);
   const rows = keys.map((k) => ({ k, v: splits.map((s) => cell(s, k)) }))
     .filter((r) => r.v.some((v) => v >= 0.2))
     .sort((a, b) => b.v[0] - a.v[0]);
-  for (const r of rows) console.log(`| ${r.k} | ${r.v.map((v) => round(v, 1)).join(" | ")} |`);
+  for (const r of rows) {
+    console.log(`| ${r.k} | ${r.v.map((v) => round(v, 1)).join(" | ")} |`);
+  }
   const totals = splits.map((s) => round(s.rows.reduce((a, r) => a + r.corePercent, 0), 1));
   console.log(`| all | | ${totals.join(" | ")} |`);
   for (const s of splits) {
     console.log(`\nhottest JavaScript (${s.target}, samples):`);
-    for (const j of s.js) console.log(`  ${String(j.samples).padStart(5)}  ${j.symbol}`);
+    for (const j of s.js) {
+      console.log(`  ${String(j.samples).padStart(5)}  ${j.symbol}`);
+    }
   }
 }

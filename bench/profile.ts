@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { parseArgs, round, sleep } from "./lib.ts";
+import { OURS_ENV, parseArgs, round, waitForHttp } from "./lib.ts";
 
 interface ProfileNode {
   id: number;
@@ -107,18 +107,7 @@ if (import.meta.main) {
   }
   const dir = await Deno.makeTempDir({ prefix: "chatprof-" });
   const port = 30000 + Math.floor(Math.random() * 20000);
-  const env = {
-    CHAT_KV_PATH: `${dir}/chat.kv`,
-    CHAT_RATE_BURST: "100000",
-    CHAT_RATE_PER_SECOND: "100000",
-    CHAT_USER_RATE_BURST: "100000",
-    CHAT_USER_RATE_PER_SECOND: "100000",
-    CHAT_MAX_CONNECTIONS_PER_ADDRESS: "1000000",
-    CHAT_SIGNIN_PER_MINUTE: "100000",
-    CHAT_GROUP_CREATES_PER_HOUR: "100000",
-    CHAT_MAX_BUFFERED_BYTES: String(64 << 20),
-    CHAT_LOG_LEVEL: "warn",
-  };
+  const env = { ...OURS_ENV, CHAT_KV_PATH: `${dir}/chat.kv` };
   const server = new Deno.Command("taskset", {
     args: [
       "-c",
@@ -140,14 +129,7 @@ if (import.meta.main) {
     stderr: "inherit",
   }).spawn();
   const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    try {
-      await (await fetch(url)).body?.cancel();
-      break;
-    } catch {
-      await sleep(100);
-    }
-  }
+  await waitForHttp(url);
   const out = await new Deno.Command("taskset", {
     args: [
       "-c",

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { cpuMs, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
+import { cpuMs, OURS_ENV, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const BENCH = `${ROOT}/bench`;
@@ -42,22 +42,6 @@ interface ServerOpts {
   cores?: string;
   env?: Record<string, string>;
 }
-
-/** Limits raised so the benchmark measures throughput, not the abuse limits. */
-const OURS_ENV: Record<string, string> = {
-  CHAT_RATE_BURST: "100000",
-  CHAT_RATE_PER_SECOND: "100000",
-  CHAT_USER_RATE_BURST: "100000",
-  CHAT_USER_RATE_PER_SECOND: "100000",
-  CHAT_MAX_CONNECTIONS_PER_ADDRESS: "1000000",
-  CHAT_MAX_CONNECTIONS_PER_USER: "1000",
-  CHAT_SIGNIN_PER_MINUTE: "100000",
-  CHAT_GROUP_CREATES_PER_HOUR: "100000",
-  CHAT_MAX_BUFFERED_BYTES: String(64 << 20),
-  // W7 pads messages to a few KB.
-  CHAT_MAX_MESSAGE_BYTES: "16000",
-  CHAT_LOG_LEVEL: "warn",
-};
 
 const TARGETS: Record<string, TargetDef> = {
   ours: {
@@ -463,7 +447,17 @@ const P = quick
     w3: {
       n: 1000,
       // The issue's steps are 5k → 50k; 2k–4k below them find the knee when 5k fails.
-      rates: [2_000, 3_000, 4_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000],
+      rates: [
+        2_000,
+        3_000,
+        4_000,
+        5_000,
+        10_000,
+        20_000,
+        30_000,
+        40_000,
+        50_000,
+      ],
       warmup: 1,
       seconds: 2,
       reps: 3,

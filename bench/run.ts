@@ -72,6 +72,31 @@ const TARGETS: Record<string, TargetDef> = {
       port,
     ) => ["deno", "run", "-A", `${BENCH}/peers/deno_relay.ts`, String(port)],
   },
+  framed: {
+    name: "framed",
+    label: "Deno relay, our frame",
+    cmd: (port) => [
+      "deno",
+      "run",
+      "-A",
+      `${BENCH}/peers/deno_kv_relay.ts`,
+      String(port),
+      "--no-store",
+    ],
+  },
+  kvrelay: {
+    name: "kvrelay",
+    label: "Deno relay, our frame, KV",
+    cmd: (port) => [
+      "deno",
+      "run",
+      "-A",
+      "--unstable-kv",
+      `${BENCH}/peers/deno_kv_relay.ts`,
+      String(port),
+      `${tmp}/kvrelay-${crypto.randomUUID().slice(0, 8)}.kv`,
+    ],
+  },
   ws: {
     name: "ws",
     label: "Node + ws",
@@ -774,6 +799,7 @@ function markdown(): string {
     const rows: (string | number)[][] = [];
     for (const n of P.w1.ns) {
       const relayKnee = w1.relay?.[n]?.knee;
+      const kvKnee = w1.kvrelay?.[n]?.knee;
       for (const t of targets) {
         const r = w1[t]?.[n];
         const s = kneeStep(r);
@@ -783,6 +809,7 @@ function markdown(): string {
           label(t),
           r?.error ? `error: ${r.error}` : k(r?.knee),
           ratio(r?.knee, relayKnee),
+          ratio(r?.knee, kvKnee),
           fmt(s?.reachMin, 3),
           k(s?.deliveredPerSec),
           `${fmt(s?.p50, 2)} / ${fmt(s?.p99, 2)} / ${fmt(s?.max, 1)}`,
@@ -803,6 +830,7 @@ function markdown(): string {
       "server",
       "knee (deliveries/s)",
       "vs relay",
+      "vs KV relay",
       "reach",
       "delivered/s",
       "p50 / p99 / max ms",

@@ -5,9 +5,10 @@
  * duplicates, even when several isolates or processes append to the same conversation at once:
  * a commit checks the conversation's head and every message's dedupe key, and retries when
  * another writer got there first. A message can carry one more key that must be absent (a
- * block), checked in the same commit: no read of its own, and no window between check and write. Appends made in the same tick share one atomic commit (a
- * local KV file takes only a few thousand commits per second, but a hundred messages per commit
- * as easily as one).
+ * block), checked in the same commit: no read of its own, and no window between check and
+ * write. Appends made in the same tick, or while a commit is in flight, share one atomic commit
+ * (a local KV file takes only a few thousand commits per second, but a hundred messages per
+ * commit as easily as one).
  *
  * @module
  */
@@ -63,8 +64,13 @@ export interface MessageLogOptions {
   relay?: { node: string; committed?: (versionstamp: string) => void };
   /** Called after each successful commit with the new messages (not the duplicates). */
   onCommit?: (messages: ChatMessage[], commitMs: number) => void;
-  /** Milliseconds appends wait to share a commit (default 1). */
+  /**
+   * Milliseconds appends wait to share a commit while the log is busy (default 1); after a quiet
+   * spell (no commit for `busyGapMs`) the appends of the current tick commit at once.
+   */
   batchMs?: number;
+  /** Milliseconds after a commit during which the log counts as busy (default 2). */
+  busyGapMs?: number;
   /** Milliseconds since the epoch; a parameter so tests can move time. */
   now?: () => number;
 }
@@ -138,6 +144,7 @@ export class MessageLog {
   #queue: Pending[] = [];
   #scheduled = false;
   #inflight: Promise<void> | null = null;
+  #lastCommitEnd = -Infinity;
   #closed = false;
 
   constructor(kv: Deno.Kv, options: MessageLogOptions) {
@@ -253,13 +260,19 @@ export class MessageLog {
   #schedule(): void {
     if (this.#scheduled || this.#inflight) return;
     this.#scheduled = true;
-    // A short window, not a microtask: every frame read meanwhile joins the commit. A commit
-    // costs about as much for one message as for a hundred; measured in bench/, a 0 ms window
-    // gave about 3 messages per commit under load.
-    setTimeout(() => {
+    const run = () => {
       this.#scheduled = false;
       this.#drain();
-    }, this.#options.batchMs ?? 1);
+    };
+    // Appends that arrive while a commit is in flight share the next one (it starts as the
+    // other ends). After a quiet spell the first append commits at the end of this tick: a timer
+    // window would add its wait to every message of a quiet conversation, and a timer's wake-up
+    // costs about as much as a small commit here. While commits follow each other (direct
+    // messages: each alone in its conversation), the next one waits `batchMs` to fill up.
+    const ms = this.#options.batchMs ?? 1;
+    if (ms > 0 && performance.now() - this.#lastCommitEnd < (this.#options.busyGapMs ?? 2)) {
+      setTimeout(run, ms);
+    } else queueMicrotask(run);
   }
 
   #drain(): void {
@@ -267,6 +280,7 @@ export class MessageLog {
     const batch = this.#takeBatch();
     this.#inflight = this.#commit(batch).finally(() => {
       this.#inflight = null;
+      this.#lastCommitEnd = performance.now();
       if (this.#queue.length) this.#drain();
     });
   }

@@ -245,3 +245,36 @@ Deno.test("log: an append refused by a present key stores nothing, and its batch
     assert.deepEqual([again.duplicate, again.message.seq], [false, 3]);
   });
 });
+
+Deno.test("log: a quiet log commits at once; a busy one waits batchMs to fill the commit", async () => {
+  const commits: number[] = [];
+  const options = {
+    batchMs: 400,
+    busyGapMs: 150,
+    onCommit: (messages: unknown[]) => commits.push(messages.length),
+  };
+  await withLog(options, async (log) => {
+    // Quiet: the append does not wait for the 400 ms window.
+    let t = performance.now();
+    await log.append(input("g:a", "q1"));
+    const quietMs = performance.now() - t;
+    assert.ok(quietMs < 300, `expected a quiet append to commit at once, took ${quietMs} ms`);
+    // Busy (a commit ended within 150 ms): appends of separate ticks share the next commit.
+    await new Promise((r) => setTimeout(r, 10));
+    t = performance.now();
+    const first = log.append(input("d:u1:u2", "b1"));
+    await new Promise((r) => setTimeout(r, 20));
+    const second = log.append(input("d:u1:u3", "b2"));
+    await Promise.all([first, second]);
+    const busyMs = performance.now() - t;
+    assert.ok(busyMs >= 350, `expected busy appends to wait for the window, took ${busyMs} ms`);
+    assert.deepEqual(commits, [1, 2]);
+    // Quiet again after 150 ms without a commit.
+    await new Promise((r) => setTimeout(r, 250));
+    t = performance.now();
+    await log.append(input("g:a", "q2"));
+    const againMs = performance.now() - t;
+    assert.ok(againMs < 300, `expected an append after a quiet spell at once, took ${againMs} ms`);
+    assert.deepEqual(commits, [1, 2, 1]);
+  });
+});

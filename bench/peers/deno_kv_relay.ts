@@ -1,0 +1,126 @@
+/**
+ * The minimal Deno relay with storage on: the least a server can do and still meet the issue's
+ * "storage on". Like `deno_relay.ts` (`Deno.serve` + upgrade + a Set), but every message gets a
+ * sequence number and is committed to a local Deno KV file before it is fanned out, and it goes
+ * out as a frame with the fields of our `message` frame (conversation, sequence, id, sender,
+ * name, text, kind, time), so the bytes on the wire match ours. Appends share commits as in our
+ * message log: one commit in flight, the appends that arrive meanwhile share the next, and a
+ * 1 ms window while commits follow each other. No validation, no
+ * deduplication, no expiry, no bus, no presence: what is left over between ours and this peer is
+ * our own code; what is between this peer and `deno_relay.ts` is the runtime's price of storage
+ * and of the bigger frame.
+ *
+ * Run: deno run -A --unstable-kv bench/peers/deno_kv_relay.ts <port> [kv file | --no-store]
+ *
+ * With `--no-store` it skips the commit (the sequence numbers stay): the relay with our frame
+ * and nothing else, which splits the price of the frame from the price of storage.
+ *
+ * The frame starts with the client's payload object (`{"t":…`), so the load generator reads it
+ * as it reads the relay's.
+ *
+ * @module
+ */
+const port = Number(Deno.args[0] ?? Deno.env.get("PORT") ?? 8001);
+const store = Deno.args[1] !== "--no-store";
+const kv = store
+  ? await Deno.openKv(Deno.args[1] ?? `${await Deno.makeTempDir()}/kv_relay.kv`)
+  : null;
+const sockets = new Set<WebSocket>();
+const JOINED = '{"j":1}';
+
+let seq = 0;
+const queue: string[] = [];
+let scheduled = false;
+let inflight = false;
+let lastCommitEnd = -Infinity;
+
+/** Commits the queued payloads in one atomic write, then sends each to every socket. */
+async function flush(): Promise<void> {
+  scheduled = false;
+  if (inflight || queue.length === 0) return;
+  inflight = true;
+  const batch = queue.splice(0, 300);
+  const ts = Date.now();
+  const atomic = kv?.atomic();
+  const frames: string[] = [];
+  for (const payload of batch) {
+    const s = ++seq;
+    const message = {
+      conv: "g:kvrelay0001",
+      seq: s,
+      id: `kvr00-${s}`,
+      from: "u_kvrelay00001",
+      name: "bench-kvrelay",
+      text: payload,
+      kind: "text",
+      ts,
+    };
+    atomic?.set(["m", message.conv, s], message);
+    // One JSON.stringify, not a concatenation: the runtime passes a flat string to the socket
+    // on its fast path, a concatenated one on a slower one.
+    frames.push(
+      JSON.stringify({ ...parsePayload(payload), type: "message", ...message }),
+    );
+  }
+  atomic?.set(["head", "g:kvrelay0001"], seq);
+  try {
+    await atomic?.commit();
+  } catch (error) {
+    console.error(`kv_relay: commit failed: ${error}`);
+    inflight = false;
+    return;
+  }
+  for (const frame of frames) {
+    for (const s of sockets) {
+      if (s.readyState === 1) s.send(frame);
+    }
+  }
+  inflight = false;
+  lastCommitEnd = performance.now();
+  if (queue.length) schedule();
+}
+
+/** The client's payload object (its keys first, so the frame starts with `{"t":`). */
+function parsePayload(payload: string): Record<string, unknown> {
+  try {
+    const value = JSON.parse(payload);
+    return typeof value === "object" && value !== null ? value : {};
+  } catch {
+    return {};
+  }
+}
+
+function schedule(): void {
+  if (scheduled) return;
+  scheduled = true;
+  // As our message log: at once after a quiet spell, a 1 ms window while commits follow each
+  // other.
+  if (performance.now() - lastCommitEnd < 2) setTimeout(flush, 1);
+  else queueMicrotask(flush);
+}
+
+Deno.serve({
+  port,
+  hostname: "127.0.0.1",
+  onListen: () =>
+    console.log(
+      `deno_kv_relay listening on ${port}${store ? "" : " (not storing)"}`,
+    ),
+}, (req) => {
+  if (req.headers.get("upgrade") !== "websocket") {
+    return new Response("deno kv relay\n");
+  }
+  const { socket, response } = Deno.upgradeWebSocket(req);
+  socket.onopen = () => {
+    sockets.add(socket);
+    socket.send(JOINED);
+  };
+  socket.onmessage = (event) => {
+    if (typeof event.data !== "string") return;
+    queue.push(event.data);
+    schedule();
+  };
+  socket.onclose = () => sockets.delete(socket);
+  socket.onerror = () => sockets.delete(socket);
+  return response;
+});

@@ -161,3 +161,34 @@ export async function waitForHttp(url: string): Promise<boolean> {
   }
   return false;
 }
+
+/** What {@linkcode loadCommand} runs: one server, one mode, and `flags` as `--key value`. */
+export interface LoadCommandOptions {
+  target: string;
+  url: string;
+  serverPid: number;
+  mode: string;
+  maxSeconds: number;
+  flags?: Record<string, string | number>;
+}
+
+/** The command line of `bench/load.ts` (`deno run -A …`) against one server. */
+export function loadCommand(options: LoadCommandOptions): string[] {
+  return [
+    "deno",
+    "run",
+    "-A",
+    new URL("./load.ts", import.meta.url).pathname,
+    "--target",
+    options.target,
+    "--url",
+    options.url,
+    "--server-pid",
+    String(options.serverPid),
+    "--mode",
+    options.mode,
+    "--max-seconds",
+    String(options.maxSeconds),
+    ...Object.entries(options.flags ?? {}).flatMap(([k, v]) => [`--${k}`, String(v)]),
+  ];
+}

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { OURS_ENV, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
+import { loadCommand, OURS_ENV, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const FREQ = 1999;
@@ -108,39 +108,23 @@ export async function split(
   await waitForHttp(url);
   const load = new Deno.Command("taskset", {
     args: [
-      ...[
-        "-c",
-        "1",
-        "deno",
-        "run",
-        "-A",
-        `${ROOT}/bench/load.ts`,
-        "--target",
+      "-c",
+      "1",
+      ...loadCommand({
         target,
-      ],
-      ...[
-        "--url",
         url,
-        "--server-pid",
-        String(server.pid),
-        "--mode",
-        options.mode,
-      ],
-      ...[
-        "--clients",
-        String(options.clients),
-        "--rates",
-        String(options.rate),
-      ],
-      ...[
-        "--warmup",
-        "1",
-        "--seconds",
-        String(options.seconds + 3),
-        "--reps",
-        "1",
-      ],
-      ...["--max-seconds", "120", "--no-stop", "true"],
+        serverPid: server.pid,
+        mode: options.mode,
+        maxSeconds: 120,
+        flags: {
+          clients: options.clients,
+          rates: options.rate,
+          warmup: 1,
+          seconds: options.seconds + 3,
+          reps: 1,
+          "no-stop": "true",
+        },
+      }),
     ],
     stdout: "piped",
     stderr: "piped",

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { OURS_ENV, parseArgs, round, waitForHttp } from "./lib.ts";
+import { loadCommand, OURS_ENV, parseArgs, round, waitForHttp } from "./lib.ts";
 
 interface ProfileNode {
   id: number;
@@ -134,30 +134,20 @@ if (import.meta.main) {
     args: [
       "-c",
       "1",
-      "deno",
-      "run",
-      "-A",
-      `${ROOT}/bench/load.ts`,
-      "--target",
-      "ours",
-      "--url",
-      url,
-      "--server-pid",
-      String(server.pid),
-      "--mode",
-      args.mode ?? "fanout",
-      "--clients",
-      String(args.clients ?? 500),
-      "--rates",
-      String(args.rate ?? 50000),
-      "--warmup",
-      "1",
-      "--seconds",
-      String(args.seconds ?? 8),
-      "--reps",
-      "1",
-      "--max-seconds",
-      "120",
+      ...loadCommand({
+        target: "ours",
+        url,
+        serverPid: server.pid,
+        mode: args.mode ?? "fanout",
+        maxSeconds: 120,
+        flags: {
+          clients: args.clients ?? 500,
+          rates: args.rate ?? 50000,
+          warmup: 1,
+          seconds: args.seconds ?? 8,
+          reps: 1,
+        },
+      }),
     ],
     stdout: "piped",
     stderr: "inherit",

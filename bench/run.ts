@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { cpuMs, OURS_ENV, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
+import { cpuMs, loadCommand, OURS_ENV, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const BENCH = `${ROOT}/bench`;
@@ -310,24 +310,14 @@ async function load(
   await waitQuiet(server, `${server.target} ${mode} ${opts.clients ?? ""}`);
   // The smoke run stays within its minute: no second measurement of noisy steps.
   if (quick && opts.retries === undefined) opts = { ...opts, retries: 0 };
-  const flags = Object.entries(opts).flatMap(([k, v]) => [`--${k}`, String(v)]);
-  const cmd = [
-    "deno",
-    "run",
-    "-A",
-    `${BENCH}/load.ts`,
-    "--target",
-    server.target,
-    "--url",
-    server.url,
-    "--server-pid",
-    String(server.pid),
-    "--mode",
+  const cmd = loadCommand({
+    target: server.target,
+    url: server.url,
+    serverPid: server.pid,
     mode,
-    "--max-seconds",
-    String(timeoutS),
-    ...flags,
-  ];
+    maxSeconds: timeoutS,
+    flags: opts,
+  });
   const child = new Deno.Command("bash", {
     args: [
       "-c",

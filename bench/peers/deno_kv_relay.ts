@@ -5,10 +5,10 @@
  * out as a frame with the fields of our `message` frame (conversation, sequence, id, sender,
  * name, text, kind, time), so the bytes on the wire match ours. Appends share commits as in our
  * message log: one commit in flight, the appends that arrive meanwhile share the next, and a
- * 1 ms window while commits follow each other. No validation, no
- * deduplication, no expiry, no bus, no presence: what is left over between ours and this peer is
- * our own code; what is between this peer and `deno_relay.ts` is the runtime's price of storage
- * and of the bigger frame.
+ * 1 ms window while commits follow each other. No validation, no deduplication, no expiry, no
+ * bus, no presence: what is left over between ours and this peer is our own code; what is
+ * between this peer and `deno_relay.ts` is the runtime's price of storage and of sending after
+ * a commit (the frame's size alone does not count: see docs/benchmarks.md).
  *
  * Run: deno run -A --unstable-kv bench/peers/deno_kv_relay.ts <port> [kv file | --no-store]
  *
@@ -56,8 +56,7 @@ async function flush(): Promise<void> {
       ts,
     };
     atomic?.set(["m", message.conv, s], message);
-    // One JSON.stringify, not a concatenation: the runtime passes a flat string to the socket
-    // on its fast path, a concatenated one on a slower one.
+    // The payload's own keys first, so the frame starts with `{"t":`.
     frames.push(
       JSON.stringify({ ...parsePayload(payload), type: "message", ...message }),
     );

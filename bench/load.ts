@@ -16,8 +16,9 @@
  *   clients that stop reading after joining (raw TCP sockets), not counted as receivers.
  * - `rounds`: closed loop as Bun's chat-room bench: every client sends one message, the next
  *   round starts when every client got every message.
- * - `dm`: (ours) direct messages between random pairs, `--rates` in messages per second, 10 % to
- *   users that are offline and come back at the end (delivered on return).
+ * - `dm`: direct messages between random pairs, `--rates` in messages per second, 10 % to
+ *   users that are offline and come back at the end (delivered on return; ours only). The Deno
+ *   relays (`relay`, `framed`, `kvrelay`) take `?u=<user>` and `<user>|<payload>` frames.
  * - `idle`: open `--clients` signed-in idle connections; RSS per connection, time to open, idle CPU.
  * - `catchup`: (ours) a client misses 300 lobby messages, then resumes: time to catch up.
  * - `burst`: bursts of `--bursts` messages sent at once; time until every client has them all.
@@ -143,7 +144,7 @@ function peerAdapter(): Adapter {
     onFrame: (c, data) => {
       if (data === '{"j":1}') joined(c);
     },
-    encode: (_c, payload) => payload,
+    encode: (_c, payload, to) => to ? `${to.i}|${payload}` : payload,
     tKey: '"t":',
     sKey: '"s":',
   };
@@ -329,6 +330,8 @@ function connect(
       resolve();
     };
     const headers = adapter.headers(c);
+    // The Deno relays learn a direct-message user from the URL.
+    const url = mode === "dm" && target !== "ours" ? `${adapter.wsUrl}?u=${c.i}` : adapter.wsUrl;
     if (kind === "raw") {
       const raw = new RawSocket(tKey, benchPrefix, {
         onBench: (t, frame, keyEnd) => {
@@ -343,7 +346,7 @@ function connect(
       });
       c.raw = raw;
       c.ws = raw;
-      raw.connect(new URL(adapter.wsUrl.replace(/^ws/, "http")), headers).then(
+      raw.connect(new URL(url.replace(/^ws/, "http")), headers).then(
         () => {
           c.open = true;
           adapter.onOpen(c);
@@ -358,12 +361,12 @@ function connect(
     // Deno's WebSocket takes request headers as a second argument (not in the DOM typings).
     const ws = headers
       ? new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(
-        adapter.wsUrl,
+        url,
         {
           headers,
         },
       )
-      : new WebSocket(adapter.wsUrl);
+      : new WebSocket(url);
     c.ws = {
       send: (t) => ws.send(t),
       close: () => ws.close(),
@@ -828,7 +831,11 @@ async function modeRounds() {
 }
 
 async function modeDm() {
-  if (target !== "ours") throw new Error("dm mode is for ours only");
+  if (!["ours", "relay", "framed", "kvrelay"].includes(target)) {
+    throw new Error(
+      `dm mode needs ours or a Deno relay (relay, framed, kvrelay), got ${target}`,
+    );
+  }
   const rates = (args.rates ?? "5000,10000").split(",").map(Number);
   const offlineFraction = Number(args.offline ?? 0.1);
   const offlineCount = Math.round(N * offlineFraction);
@@ -837,7 +844,8 @@ async function modeDm() {
     { length: offlineCount },
     (_, k) => newClient(N + k),
   );
-  await pool(offline, 32, signIn);
+  // The relays' offline users never connect: their messages are acked (and stored by kvrelay).
+  if (target === "ours") await pool(offline, 32, signIn);
   log(
     `${N} online users joined in ${round(connectMs)} ms, ${offlineCount} offline users`,
   );
@@ -983,6 +991,17 @@ async function modeDm() {
     await sleep(300);
   }
   schedule = undefined;
+  if (target !== "ours") {
+    // The relays keep nothing for a user who returns.
+    closeAll(clients);
+    return {
+      knee,
+      steps,
+      connectMs: round(connectMs),
+      openConversationsMs,
+      errors,
+    };
+  }
   // The offline users come back: they resume every direct conversation from 0.
   returning = true;
   const sentOffline = schedules.reduce(

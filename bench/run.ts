@@ -7,7 +7,7 @@
  *   deno task bench --only w1,w4 --targets ours,relay,socketio
  *
  * Workloads (see docs/benchmarks.md): w1 group fan-out knee, w2 closed-loop rounds, w3 direct
- * messages (ours), w4 idle connections, w5 history page and catch-up (ours), w6 two workers,
+ * messages (ours and the Deno relays), w4 idle connections, w5 history page and catch-up (ours), w6 two workers,
  * w7 slow consumers.
  *
  * @module
@@ -548,22 +548,28 @@ async function w2(shared?: Map<string, Server>) {
   results.w2 = out;
 }
 
+/** Targets that speak the load generator's `dm` mode: ours and the Deno relays. */
+const DM_TARGETS = ["ours", "relay", "framed", "kvrelay"];
+
+/** W3: direct messages in random pairs, stepped rate; the knee per target. */
 async function w3(shared?: Map<string, Server>) {
-  if (!targets.includes("ours")) return;
   const p = P.w3;
-  const run = (s: Server) =>
-    load(s, "dm", {
-      clients: p.n,
-      rates: p.rates.join(","),
-      warmup: p.warmup,
-      seconds: p.seconds,
-      reps: p.reps,
-      "p99-limit": 20,
-      offline: 0.1,
-    }, 300);
-  results.w3 = shared?.get("ours")
-    ? await run(shared.get("ours")!)
-    : await withServer("ours", {}, run);
+  const out: Record<string, Result> = {};
+  for (const t of targets.filter((t) => DM_TARGETS.includes(t))) {
+    const run = (s: Server) =>
+      load(s, "dm", {
+        clients: p.n,
+        rates: p.rates.join(","),
+        warmup: p.warmup,
+        seconds: p.seconds,
+        reps: p.reps,
+        "p99-limit": 20,
+        offline: 0.1,
+      }, 300);
+    out[t] = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+    console.error(`w3 ${t}: knee ${out[t].knee ?? out[t].error}`);
+  }
+  results.w3 = out;
 }
 
 async function w4(shared?: Map<string, Server>) {
@@ -903,12 +909,34 @@ function markdown(): string {
       "other CPU %",
     ], rows));
   }
-  const w3 = results.w3 as Any;
-  if (w3) {
+  // Files before the relays spoke `dm` hold ours' result alone.
+  const w3all = results.w3 as Any;
+  const w3s: Record<string, Any> = w3all && (w3all.steps || w3all.error) ? { ours: w3all } : w3all;
+  if (w3s) {
     parts.push(
-      `\n### W3 direct messages (ours; ${P.w3.n} online users in fixed random pairs, 10 % to offline users)`,
+      `\n### W3 direct messages (${P.w3.n} online users in fixed random pairs, 10 % to offline users)`,
     );
-    if (w3.error) parts.push(`error: ${w3.error}`);
+    const relayKnee = w3s.relay?.knee;
+    parts.push(table(
+      ["server", "knee (msgs/s, p99 ≤ 20 ms)", "vs relay", "first failing step"],
+      Object.entries(w3s).map(([t, r]) => {
+        const fail = (r.steps ?? []).find((s: Any) => !s.pass);
+        return [
+          label(t),
+          r.error ? `error: ${r.error}` : r.knee ? k(r.knee) : "none",
+          relayKnee ? `${fmt((r.knee ?? 0) / relayKnee, 2)}×` : "–",
+          fail
+            ? `${k(fail.rate)}: reach ${fmt(fail.reachMin, 3)}, p99 ${fmt(fail.p99, 1)}, srv ${
+              fmt(fail.serverCpu, 0)
+            }%, cli ${fmt(fail.clientCpu, 0)}%`
+            : "none (top step passed)",
+        ];
+      }),
+    ));
+  }
+  for (const [t, r] of Object.entries(w3s ?? {})) {
+    parts.push(`\n${label(t)}:`);
+    if (r.error) parts.push(`error: ${r.error}`);
     parts.push(table(
       [
         "msgs/s offered",
@@ -920,7 +948,7 @@ function markdown(): string {
         "client CPU %",
         "pass (p99 ≤ 20 ms)",
       ],
-      (w3.steps ?? []).map((s: Any) => [
+      (r.steps ?? []).map((s: Any) => [
         k(s.rate),
         fmt(s.reachMin, 3),
         k(s.deliveredPerSec),
@@ -931,13 +959,13 @@ function markdown(): string {
         s.pass ? "yes" : "no",
       ]),
     ));
-    if (w3.offline) {
+    if (r.offline) {
       parts.push(
-        `\nOffline users: ${w3.offline.users}; messages sent to them in the measured windows: ${w3.offline.sent}; ` +
-          `delivered on return: ${w3.offline.deliveredOnReturn} (reach ${
-            fmt(w3.offline.reach, 3)
+        `\nOffline users: ${r.offline.users}; messages sent to them in the measured windows: ${r.offline.sent}; ` +
+          `delivered on return: ${r.offline.deliveredOnReturn} (reach ${
+            fmt(r.offline.reach, 3)
           }), ` +
-          `all back in ${fmt(w3.offline.returnMs, 0)} ms.`,
+          `all back in ${fmt(r.offline.returnMs, 0)} ms.`,
       );
     }
   }
@@ -1149,7 +1177,9 @@ if (args.render) {
   Object.assign(P, file.params);
   Object.assign(results, file.results);
   const seen = ["w1", "w2", "w4", "w7"].flatMap((w) => Object.keys(file.results?.[w] ?? {}));
-  if (file.results?.w3 || file.results?.w5 || file.results?.w6) {
+  const w3 = file.results?.w3;
+  if (w3 && !w3.steps && !w3.error) seen.push(...Object.keys(w3));
+  if (w3 || file.results?.w5 || file.results?.w6) {
     seen.push("ours");
   }
   targets.splice(

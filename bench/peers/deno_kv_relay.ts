@@ -15,6 +15,13 @@
  * With `--no-store` it skips the commit (the sequence numbers stay): the relay with our frame
  * and nothing else, which splits the price of the frame from the price of storage.
  *
+ * Direct messages (the load generator's `dm` mode), as in `deno_relay.ts`: `?u=<user>` names the
+ * socket's user and a frame `<user>|<payload>` is a direct message. Each pair of users has its
+ * own conversation and sequence (kept in memory); the message and the conversation's head are
+ * committed with the batch, then the message goes to both users' sockets and an ack to the
+ * sending socket. No check in the commit: a second writer would break the sequence, which ours
+ * guards against (its head and dedupe checks).
+ *
  * The frame starts with the client's payload object (`{"t":…`), so the load generator reads it
  * as it reads the relay's.
  *
@@ -26,10 +33,20 @@ const kv = store
   ? await Deno.openKv(Deno.args[1] ?? `${await Deno.makeTempDir()}/kv_relay.kv`)
   : null;
 const sockets = new Set<WebSocket>();
+const users = new Map<string, Set<WebSocket>>();
 const JOINED = '{"j":1}';
+const ROOM = "g:kvrelay0001";
 
-let seq = 0;
-const queue: string[] = [];
+/** A message waiting for its commit: to the room, or from `from` to the user `to`. */
+interface Queued {
+  payload: string;
+  from?: string;
+  to?: string;
+  socket?: WebSocket;
+}
+
+const seqs = new Map<string, number>();
+const queue: Queued[] = [];
 let scheduled = false;
 let inflight = false;
 let lastCommitEnd = -Infinity;
@@ -42,26 +59,37 @@ async function flush(): Promise<void> {
   const batch = queue.splice(0, 300);
   const ts = Date.now();
   const atomic = kv?.atomic();
-  const frames: string[] = [];
-  for (const payload of batch) {
-    const s = ++seq;
+  const frames: [Queued, string, string][] = [];
+  const heads = new Map<string, number>();
+  for (const item of batch) {
+    const conv = item.to ? `d:${[item.from, item.to].sort().join(":")}` : ROOM;
+    const s = (seqs.get(conv) ?? 0) + 1;
+    seqs.set(conv, s);
+    heads.set(conv, s);
+    const id = `kvr00-${s}`;
     const message = {
-      conv: "g:kvrelay0001",
+      conv,
       seq: s,
-      id: `kvr00-${s}`,
-      from: "u_kvrelay00001",
+      id,
+      from: item.from ?? "u_kvrelay00001",
       name: "bench-kvrelay",
-      text: payload,
+      text: item.payload,
       kind: "text",
       ts,
     };
-    atomic?.set(["m", message.conv, s], message);
+    atomic?.set(["m", conv, s], message);
     // The payload's own keys first, so the frame starts with `{"t":`.
-    frames.push(
-      JSON.stringify({ ...parsePayload(payload), type: "message", ...message }),
-    );
+    frames.push([
+      item,
+      JSON.stringify({
+        ...parsePayload(item.payload),
+        type: "message",
+        ...message,
+      }),
+      `{"type":"ack","id":"${id}","conv":"${conv}","seq":${s}}`,
+    ]);
   }
-  atomic?.set(["head", "g:kvrelay0001"], seq);
+  for (const [conv, s] of heads) atomic?.set(["head", conv], s);
   try {
     await atomic?.commit();
   } catch (error) {
@@ -69,7 +97,13 @@ async function flush(): Promise<void> {
     inflight = false;
     return;
   }
-  for (const frame of frames) {
+  for (const [item, frame, ack] of frames) {
+    if (item.to) {
+      sendTo(item.to, frame);
+      sendTo(item.from!, frame);
+      if (item.socket!.readyState === 1) item.socket!.send(ack);
+      continue;
+    }
     for (const s of sockets) {
       if (s.readyState === 1) s.send(frame);
     }
@@ -86,6 +120,13 @@ function parsePayload(payload: string): Record<string, unknown> {
     return typeof value === "object" && value !== null ? value : {};
   } catch {
     return {};
+  }
+}
+
+/** Sends `data` to every open socket of `user`. */
+function sendTo(user: string, data: string): void {
+  for (const s of users.get(user) ?? []) {
+    if (s.readyState === 1) s.send(data);
   }
 }
 
@@ -109,17 +150,36 @@ Deno.serve({
   if (req.headers.get("upgrade") !== "websocket") {
     return new Response("deno kv relay\n");
   }
+  const user = new URL(req.url).searchParams.get("u");
   const { socket, response } = Deno.upgradeWebSocket(req);
   socket.onopen = () => {
     sockets.add(socket);
+    if (user) {
+      let set = users.get(user);
+      if (!set) users.set(user, set = new Set());
+      set.add(socket);
+    }
     socket.send(JOINED);
   };
   socket.onmessage = (event) => {
-    if (typeof event.data !== "string") return;
-    queue.push(event.data);
+    const data = event.data;
+    if (typeof data !== "string") return;
+    if (user && data.charCodeAt(0) !== 123 /* { */) {
+      const bar = data.indexOf("|");
+      queue.push({
+        payload: data.slice(bar + 1),
+        from: user,
+        to: data.slice(0, bar),
+        socket,
+      });
+    } else queue.push({ payload: data });
     schedule();
   };
-  socket.onclose = () => sockets.delete(socket);
-  socket.onerror = () => sockets.delete(socket);
+  const gone = () => {
+    sockets.delete(socket);
+    if (user) users.get(user)?.delete(socket);
+  };
+  socket.onclose = gone;
+  socket.onerror = gone;
   return response;
 });

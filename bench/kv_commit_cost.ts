@@ -7,7 +7,10 @@
  * - `one`: one `set`;
  * - `log`: what `chat/message_log.ts` writes for one message (head and dedupe checks, message and
  *   dedupe key expiring, head, relay entry and counter);
- * - `log+watch`: the same while the process watches the relay counter, as the KV bus does.
+ * - `log+watch`: the same while the process watches the relay counter, as the KV bus does;
+ * - `solo`: the log's commit without the relay entry and counter (a node alone on its KV);
+ * - `solo+watch`: the same while the process watches the relay counter and the node registry,
+ *   keys these commits do not write (what the KV bus of a node alone keeps).
  *
  *   taskset -c 0 deno run -A --unstable-kv bench/kv_commit_cost.ts [--rate 200] [--seconds 4]
  *
@@ -28,9 +31,12 @@ async function run(shape: string): Promise<Record<string, unknown>> {
   const dir = await Deno.makeTempDir({ prefix: "kvcommit-" });
   const kv = await Deno.openKv(`${dir}/x.kv`);
   let watching = true;
-  if (shape === "log+watch") {
+  if (shape.endsWith("+watch")) {
+    const keys = shape === "log+watch"
+      ? [["relay", "count"]]
+      : [["relay", "count"], ["relay", "nodes"]];
     (async () => {
-      for await (const _ of kv.watch([["relay", "count"]])) if (!watching) break;
+      for await (const _ of kv.watch(keys)) if (!watching) break;
     })().catch(() => {});
   }
   let seq = 0;
@@ -56,10 +62,12 @@ async function run(shape: string): Promise<Record<string, unknown>> {
       atomic.set(["m", "g:bench", seq], message, { expireIn });
       atomic.set(["d", "u_bench", message.id], { conv: "g:bench", seq }, { expireIn });
       atomic.set(["head", "g:bench"], seq);
-      atomic.set(["relay", "log", kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
-        expireIn: 600_000,
-      });
-      atomic.sum(["relay", "count"], 1n);
+      if (!shape.startsWith("solo")) {
+        atomic.set(["relay", "log", kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
+          expireIn: 600_000,
+        });
+        atomic.sum(["relay", "count"], 1n);
+      }
     }
     const result = await atomic.commit();
     if (!result.ok) throw new Error(`Expected the commit to pass its checks, it failed`);
@@ -87,6 +95,7 @@ async function run(shape: string): Promise<Record<string, unknown>> {
 }
 
 const rows = [];
-for (const shape of ["timer", "one", "log", "log+watch"]) rows.push(await run(shape));
+const shapes = (args.shapes ?? "timer,one,log,log+watch,solo,solo+watch").split(",");
+for (const shape of shapes) rows.push(await run(shape));
 console.table(rows);
 Deno.exit(0);

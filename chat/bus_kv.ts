@@ -10,6 +10,15 @@
  * of 10 keys per watch. This is what links instances on Deno Deploy and processes sharing a KV
  * file or a KV Connect server.
  *
+ * The message log's entries (one per commit) are written only while another node is around:
+ * {@linkcode KvBus.relaying} is true for `staleMs` after this node last read an entry of another
+ * node (every node's hub publishes a heartbeat every 2 s, so a live node is never silent that
+ * long), and from the start when the newest entries are another node's. A node alone on its KV
+ * thus commits its messages without the relay entry and counter, which cost about a quarter of
+ * each commit. A node that appears is heard within a poll (same process: at once, through the
+ * watch); what the first node committed meanwhile reaches it through the hub's `heads`
+ * heartbeat (the newest sequences of the last 10 s, every 2 s), as after a dropped notice.
+ *
  * @module
  */
 import type { Bus, Envelope } from "./bus.ts";
@@ -25,6 +34,11 @@ export interface KvBusOptions {
   appendsInLog: boolean;
   /** Milliseconds between polls when the watch is quiet. */
   pollMs?: number;
+  /**
+   * Milliseconds after the last entry of another node during which the log's commits carry
+   * relay entries (default 10,000); 0 writes them always.
+   */
+  staleMs?: number;
 }
 
 interface BatchEntry {
@@ -34,6 +48,8 @@ interface BatchEntry {
 
 /** The shortest gap between two reads of the relay log. */
 const MIN_READ_GAP_MS = 10;
+/** Entries looked at on start for another node's. */
+const START_LOOKBACK = 20;
 const MAX_VALUE_CHARS = 55_000;
 
 /** A {@linkcode Bus} over a relay log in Deno KV. */
@@ -61,6 +77,8 @@ export class KvBus implements Bus {
   #seen: { count: bigint; versionstamp: string | null } | null = null;
   /** Versionstamps of this node's relay commits newer than `#seen`, oldest first. */
   #own: string[] = [];
+  /** When this node last read an entry of another node (`performance.now()`). */
+  #otherAt = -Infinity;
 
   constructor(kv: Deno.Kv, options: KvBusOptions) {
     this.#kv = kv;
@@ -75,6 +93,15 @@ export class KvBus implements Bus {
   committed(versionstamp: string): void {
     this.#own.push(versionstamp);
     if (this.#own.length > 10_000) this.#own.shift();
+  }
+
+  /**
+   * Whether the message log should write a relay entry in its commits: another node was heard
+   * within `staleMs` (or `staleMs` is 0).
+   */
+  get relaying(): boolean {
+    const stale = this.#options.staleMs ?? 10_000;
+    return stale <= 0 || performance.now() - this.#otherAt < stale;
   }
 
   /** Resolves once the bus knows where the log ends and is watching it. */
@@ -126,9 +153,16 @@ export class KvBus implements Bus {
 
   async #start(): Promise<void> {
     await retryLocked(async () => {
-      for await (
-        const entry of this.#kv.list({ prefix: RELAY_LOG_PREFIX }, { reverse: true, limit: 1 })
-      ) this.#last = entry.key;
+      this.#last = null;
+      const newest = this.#kv.list<BatchEntry | RelayEntry>({ prefix: RELAY_LOG_PREFIX }, {
+        reverse: true,
+        limit: START_LOOKBACK,
+      });
+      for await (const entry of newest) {
+        this.#last ??= entry.key;
+        // Maybe a node long gone: then this lasts `staleMs`.
+        if (entry.value.node !== this.#options.node) this.#otherAt = performance.now();
+      }
     });
     if (this.#closed) return;
     this.#poll = setInterval(() => this.#read(), this.#options.pollMs ?? 1000);
@@ -270,6 +304,7 @@ export class KvBus implements Bus {
           this.#last = entry.key;
           const value = entry.value;
           if (value.node === this.#options.node) continue;
+          this.#otherAt = performance.now();
           if ("heads" in value) {
             let n = 0;
             for (const [conv, seq] of Object.entries(value.heads)) {

@@ -58,10 +58,15 @@ export interface MessageLogOptions {
   /** Milliseconds a message is kept. */
   retentionMs: number;
   /**
-   * Write a relay log entry in each commit, for the KV bus; `committed` hears the versionstamp
-   * of each such commit (the bus need not read back its own entries).
+   * Write a relay log entry in each commit, for the KV bus, while `active()` says so (always
+   * when absent); `committed` hears the versionstamp of each such commit (the bus need not read
+   * back its own entries).
    */
-  relay?: { node: string; committed?: (versionstamp: string) => void };
+  relay?: {
+    node: string;
+    committed?: (versionstamp: string) => void;
+    active?: () => boolean;
+  };
   /** Called after each successful commit with the new messages (not the duplicates). */
   onCommit?: (messages: ChatMessage[], commitMs: number) => void;
   /**
@@ -417,8 +422,10 @@ export class MessageLog {
       atomic.set(headKey(conv), seq);
       heads[conv] = seq;
     }
-    if (this.#options.relay && planned.length) {
-      const entry: RelayEntry = { node: this.#options.relay.node, heads };
+    const relay = this.#options.relay;
+    const relayed = relay !== undefined && planned.length > 0 && (relay.active?.() ?? true);
+    if (relayed) {
+      const entry: RelayEntry = { node: relay.node, heads };
       atomic.set([...RELAY_LOG_PREFIX, this.#kv.commitVersionstamp()], entry, {
         expireIn: 10 * 60_000,
       });
@@ -442,7 +449,7 @@ export class MessageLog {
       for (const conv of convs) {
         this.#heads.set(conv, { seq: next.get(conv)!, versionstamp: result.versionstamp });
       }
-      this.#options.relay?.committed?.(result.versionstamp);
+      if (relayed) relay.committed?.(result.versionstamp);
       try {
         this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
       } catch {

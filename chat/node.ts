@@ -83,7 +83,11 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
     retentionCount: config.CHAT_RETENTION_COUNT,
     retentionMs: config.CHAT_RETENTION_DAYS * 86_400_000,
     relay: relay
-      ? { node: id, committed: (versionstamp) => relay.committed(versionstamp) }
+      ? {
+        node: id,
+        committed: (versionstamp) => relay.committed(versionstamp),
+        active: () => relay.relaying,
+      }
       : undefined,
     onCommit(messages, ms) {
       metrics.kvWriteMs.observe(ms);

@@ -1,7 +1,8 @@
 /**
  * The KV relay bus: envelopes reach every other node in order, and a node that made every relay
  * commit since it last looked does not read the log back (the commits of a busy node would
- * otherwise each cost it a read of its own entries).
+ * otherwise each cost it a read of its own entries), and the log's commits carry relay entries
+ * only while another node is heard.
  */
 import assert from "node:assert/strict";
 import type { Envelope } from "../chat/bus.ts";
@@ -52,6 +53,40 @@ Deno.test("kv bus: a node's own commits are not read back; another node's are", 
   assert.equal(heardByOne[0].node, "n2");
 
   await Promise.all([one.close(), two.close()]);
+  kv.close();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("kv bus: relays the log's commits only while another node is heard", async () => {
+  const dir = await Deno.makeTempDir();
+  const kv = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const one = new KvBus(kv, { node: "n1", appendsInLog: true, pollMs: 50, staleMs: 300 });
+  await one.ready();
+  // Alone on a new KV: nothing to relay to.
+  assert.equal(one.relaying, false);
+
+  // Another node speaks (every hub publishes a heartbeat at start): n1 hears it and relays.
+  const two = new KvBus(kv, { node: "n2", appendsInLog: true, pollMs: 50, staleMs: 300 });
+  await two.ready();
+  two.publish({ node: "n2", n: 1, k: "node", v: 0 });
+  await until(() => one.relaying, "n1 relaying after n2's entry");
+
+  // A node that starts after n2's entry relays from the start.
+  const three = new KvBus(kv, { node: "n3", appendsInLog: true, pollMs: 50, staleMs: 300 });
+  await three.ready();
+  assert.equal(three.relaying, true);
+
+  // n2 falls silent: after staleMs the others stop relaying; it speaks again, they resume.
+  await until(() => !one.relaying && !three.relaying, "relaying stops after staleMs", 3000);
+  two.publish({ node: "n2", n: 2, k: "node", v: 0 });
+  await until(() => one.relaying && three.relaying, "relaying again");
+
+  // staleMs 0: always.
+  const always = new KvBus(kv, { node: "n4", appendsInLog: true, staleMs: 0 });
+  await always.ready();
+  assert.equal(always.relaying, true);
+
+  await Promise.all([one.close(), two.close(), three.close(), always.close()]);
   kv.close();
   await Deno.remove(dir, { recursive: true });
 });

@@ -106,7 +106,16 @@ async function cluster(
     const log = new MessageLog(kv, {
       retentionCount: 100_000,
       retentionMs: 86_400_000,
-      relay: options.relay ? { node: `n${i}` } : undefined,
+      // A KV bus decides when the log's commits carry relay entries, as in chat/node.ts.
+      relay: options.relay
+        ? bus instanceof KvBus
+          ? {
+            node: `n${i}`,
+            committed: (versionstamp) => bus.committed(versionstamp),
+            active: () => bus.relaying,
+          }
+          : { node: `n${i}` }
+        : undefined,
       onCommit: (messages) => hub.appended(messages),
     });
     const hub: Hub = new Hub({
@@ -467,6 +476,37 @@ Deno.test("hub: hubs linked only by the KV relay deliver everything in order", a
     assert.deepEqual(conn.seqs("lobby"), range(1, lobby));
     assert.deepEqual(conn.seqs("g:y"), range(1, group));
   }
+  await c.close();
+});
+
+Deno.test("hub: a node that writes no relay entries still reaches the others (heads heartbeat)", async () => {
+  // staleMs 1: n0 forgets the other node at once, so its commits carry no relay entry, as for a
+  // node alone or one that has not heard of a new node yet. Its hub's `heads` heartbeat is then
+  // all that tells n1 of its messages.
+  const c = await cluster(2, {
+    relay: true,
+    heartbeatMs: 50,
+    buses: (i, kv) =>
+      new KvBus(kv, { node: `n${i}`, appendsInLog: true, pollMs: 100, staleMs: i === 0 ? 1 : 0 }),
+  });
+  await Promise.all(c.nodes.map((n) => (n.bus as KvBus).ready()));
+  for (const node of c.nodes) node.hub.start();
+  const far = new FakeConn("far");
+  attachLive(c.nodes[1].hub, far, { lobby: 0 });
+  for (let i = 1; i <= 20; i++) {
+    await c.post(0, "lobby");
+    if (i % 5 === 0) await delay(30);
+  }
+  await until(() => far.seqs("lobby").length >= 20, "n0's messages at n1");
+  assert.deepEqual(far.seqs("lobby"), range(1, 20));
+  const entries = [];
+  for await (
+    const e of c.kv.list<{ node: string; heads?: unknown }>({ prefix: ["relay", "log"] })
+  ) {
+    entries.push(e.value);
+  }
+  assert.equal(entries.filter((v) => v.node === "n0" && v.heads).length, 0);
+  assert.ok(entries.some((v) => v.node === "n0"), "n0's heartbeats are in the relay log");
   await c.close();
 });
 

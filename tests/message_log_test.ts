@@ -4,7 +4,7 @@
  * age (with a filter on read, as `expireIn` is only a lower bound), relay entries, shutdown.
  */
 import assert from "node:assert/strict";
-import { messageKey, RELAY_LOG_PREFIX } from "../chat/keys.ts";
+import { messageKey, RELAY_COUNT_KEY, RELAY_LOG_PREFIX } from "../chat/keys.ts";
 import type { AppendInput, MessageLogOptions, RelayEntry } from "../chat/message_log.ts";
 import { MessageLog } from "../chat/message_log.ts";
 
@@ -179,6 +179,31 @@ Deno.test("log: each commit writes a relay entry with the new heads", async () =
       { node: "n1", heads: { lobby: 2, "g:x": 1 } },
       { node: "n1", heads: { lobby: 3 } },
     ]);
+  });
+});
+
+Deno.test("log: commits carry a relay entry only while the relay is active", async () => {
+  let active = false;
+  const committed: string[] = [];
+  const relay = { node: "n1", active: () => active, committed: (v: string) => committed.push(v) };
+  await withLog({ relay }, async (log, kv) => {
+    await log.append(input("lobby", "alone"));
+    const count = async () => (await kv.get<Deno.KvU64>(RELAY_COUNT_KEY)).value?.value ?? 0n;
+    const entries = async () => {
+      const out: RelayEntry[] = [];
+      for await (const e of kv.list<RelayEntry>({ prefix: RELAY_LOG_PREFIX })) out.push(e.value);
+      return out;
+    };
+    assert.deepEqual(await entries(), []);
+    assert.equal(await count(), 0n);
+    assert.deepEqual(committed, []);
+    active = true;
+    await log.append(input("lobby", "shared"));
+    assert.deepEqual(await entries(), [{ node: "n1", heads: { lobby: 2 } }]);
+    assert.equal(await count(), 1n);
+    assert.equal(committed.length, 1);
+    // The messages themselves are stored either way.
+    assert.deepEqual((await log.range("lobby", 0, 2)).map((m) => m.id), ["alone", "shared"]);
   });
 });
 

@@ -5,7 +5,7 @@
  * SQLite thread (`sw-0`) included, and the kernel's share of each socket write.
  *
  *   deno run -A bench/perf_split.ts [--mode fanout|dm] [--clients 500] [--rate 50000]
- *     [--seconds 4] [--targets ours,relay] [--top 8]
+ *     [--seconds 4] [--targets ours,relay,kvrelay] [--top 8]
  *
  * For each target: starts the server on core 0 (`--v8-flags=--perf-basic-prof`, so JIT frames
  * have names), starts `bench/load.ts` on core 1, waits for every client's join and a second of
@@ -79,6 +79,16 @@ function startServer(
       "--port",
       String(port),
       "main.ts",
+    ]
+    : target === "kvrelay"
+    ? [
+      "deno",
+      "run",
+      ...flags,
+      "--unstable-kv",
+      "bench/peers/deno_kv_relay.ts",
+      String(port),
+      `${dir}/kvrelay.kv`,
     ]
     : ["deno", "run", ...flags, "bench/peers/deno_relay.ts", String(port)];
   return new Deno.Command("taskset", {

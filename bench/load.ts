@@ -1060,10 +1060,15 @@ async function modeIdle() {
   };
   const before = await lowestRss(2000);
   const cli0 = new CpuMeter(Deno.pid);
+  // CPU time spent on the opens by each side: what a faster generator would leave the server.
+  const srvMs0 = serverPid ? cpuMs(serverPid) : NaN;
+  const cliMs0 = cpuMs(Deno.pid);
   t = performance.now();
   await pool(clients, connectConcurrency, connect);
   const openMs = performance.now() - t;
   const openCliCpu = cli0.percent();
+  const openServerCpuMs = serverPid ? cpuMs(serverPid) - srvMs0 : NaN;
+  const openClientCpuMs = cpuMs(Deno.pid) - cliMs0;
   log(`${N} idle connections joined in ${round(openMs)} ms`);
   await sleep(1000);
   const srv = serverPid ? new CpuMeter(serverPid) : undefined;
@@ -1078,6 +1083,9 @@ async function modeIdle() {
     stillOpen,
     openMs: round(openMs),
     openClientCpu: round(openCliCpu),
+    openServerCpuMs: round(openServerCpuMs),
+    openClientCpuMs: round(openClientCpuMs),
+    serverCpuUsPerOpen: round((openServerCpuMs * 1000) / N, 1),
     signInMs: round(signInMs),
     rssBeforeMB: round(before.rss / 1048576, 1),
     rssAfterMB: round(after.rss / 1048576, 1),

@@ -985,11 +985,13 @@ function markdown(): string {
         "idle server CPU %",
         "still open",
         "client CPU % while opening",
+        "server CPU µs per open",
+        "10k opens in server CPU s",
       ],
       targets.map((t) => {
         const r = w4[t];
         if (!r || r.error) {
-          return [label(t), `error: ${r?.error}`, "", "", "", "", "", ""];
+          return [label(t), `error: ${r?.error}`, "", "", "", "", "", "", "", ""];
         }
         return [
           label(t),
@@ -1004,6 +1006,8 @@ function markdown(): string {
           fmt(r.idleServerCpu, 2),
           `${r.stillOpen}/${r.connections}`,
           fmt(r.openClientCpu, 0),
+          fmt(r.serverCpuUsPerOpen, 0),
+          r.serverCpuUsPerOpen === undefined ? "–" : fmt(r.serverCpuUsPerOpen / 100, 2),
         ];
       }),
     ));

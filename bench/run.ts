@@ -497,6 +497,14 @@ const P = quick
     w7: { n: 500, rate: 50_000, pad: 4000, warmup: 2, seconds: 10, reps: 3 },
   };
 
+// `--w1-rates 50000,60000,...` and `--w3-rates 1000,1500,...`: other steps (finer near a knee).
+for (const w of ["w1", "w3"] as const) {
+  const list = args[`${w}-rates`];
+  if (list) P[w].rates = list.split(",").map(Number);
+}
+// `--w1-ns 100,500`: fewer group sizes.
+if (args["w1-ns"]) P.w1.ns = args["w1-ns"].split(",").map(Number);
+
 const results: Record<string, unknown> = {};
 const want = (w: string) => !only || only.has(w);
 

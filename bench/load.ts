@@ -618,6 +618,8 @@ async function modeFanout() {
   const slowFraction = Number(args.slow ?? 0);
   const { clients, signInMs, connectMs } = await setup(N);
   log(`${N} clients joined in ${round(connectMs)} ms`);
+  // For an orchestrator that starts other load beside this one (W5: history under fan-out).
+  console.log("JOINED");
   const raw: RawSocket[] = [];
   const slowCount = Math.round(N * slowFraction);
   if (slowCount > 0) {

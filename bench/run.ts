@@ -306,6 +306,7 @@ async function load(
   mode: string,
   opts: Record<string, string | number>,
   timeoutS = 300,
+  onJoined?: () => void,
 ): Promise<Result> {
   await waitQuiet(server, `${server.target} ${mode} ${opts.clients ?? ""}`);
   // The smoke run stays within its minute: no second measurement of noisy steps.
@@ -335,12 +336,19 @@ async function load(
       child.kill("SIGKILL");
     } catch { /* gone */ }
   }, (timeoutS + 15) * 1000);
-  const out = await child.output();
+  // Read stdout as it comes: `JOINED` (fan-out mode) calls `onJoined`; `RESULT …` is the result.
+  let text = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    const before = text;
+    text += decoder.decode(chunk, { stream: true });
+    if (onJoined && !before.includes("JOINED\n") && text.includes("JOINED\n")) onJoined();
+  }
+  const status = await child.status;
   clearTimeout(killer);
-  const text = new TextDecoder().decode(out.stdout);
   const line = text.split("\n").find((l) => l.startsWith("RESULT "));
   if (!line) {
-    return { error: `load generator exited ${out.code} without a result` };
+    return { error: `load generator exited ${status.code} without a result` };
   }
   return JSON.parse(line.slice(7));
 }
@@ -437,7 +445,14 @@ const P = quick
     w2: { ns: [32], warmup: 0.5, seconds: 1, reps: 3 },
     w3: { n: 100, rates: [2_000], warmup: 0.5, seconds: 1, reps: 2 },
     w4: { n: 500, seconds: 1 },
-    w5: { missed: 300, reps: 1, duration: 2 },
+    w5: {
+      missed: 300,
+      reps: 1,
+      duration: 2,
+      busyClients: 50,
+      busyRate: 5_000,
+      busyHistoryRate: 50,
+    },
     w6: { n: 50, rates: [10_000], bursts: [100], reps: 1 },
     w7: { n: 100, rate: 10_000, pad: 200, warmup: 0.5, seconds: 1, reps: 2 },
   }
@@ -478,7 +493,14 @@ const P = quick
       reps: 3,
     },
     w4: { n: 10_000, seconds: 5 },
-    w5: { missed: 300, reps: 3, duration: 5 },
+    w5: {
+      missed: 300,
+      reps: 3,
+      duration: 5,
+      busyClients: 500,
+      busyRate: 50_000,
+      busyHistoryRate: 100,
+    },
     w6: {
       n: 500,
       rates: [
@@ -598,12 +620,15 @@ async function w4(shared?: Map<string, Server>) {
 }
 
 /** Runs autocannon (pinned to the client core) against a URL; latency in ms. */
+/** autocannon with 10 connections, as fast as they go, or at `rate` requests/s in all. */
 async function autocannon(
   url: string,
   headers: Record<string, string>,
   duration: number,
+  rate?: number,
 ): Promise<Result> {
   const h = Object.entries(headers).flatMap(([k, v]) => ["-H", `${k}=${v}`]);
+  if (rate) h.push("--overallRate", String(rate));
   const out = await new Deno.Command("taskset", {
     args: [
       "-c",
@@ -653,11 +678,30 @@ async function w5(shared?: Map<string, Server>) {
     );
     out.catchup = catchup;
     if (haveAutocannon && catchup.token) {
-      out.history = await autocannon(
-        `${s.url}/api/conversations/lobby/messages?limit=50`,
-        { authorization: `Bearer ${catchup.token}` },
-        p.duration,
+      const url = `${s.url}/api/conversations/lobby/messages?limit=50`;
+      const headers = { authorization: `Bearer ${catchup.token}` };
+      out.history = await autocannon(url, headers, p.duration);
+      // The same page while workload 1 runs: a group fan-out at about half the N = 500 knee,
+      // with autocannon started a second into it (after the warm-up) on the generator's core, at
+      // a fixed `busyHistoryRate` requests/s (readers scrolling back, not a flood).
+      let during: Promise<Result> | undefined;
+      const fanout = await load(
+        s,
+        "fanout",
+        {
+          clients: p.busyClients,
+          rates: p.busyRate,
+          warmup: 1,
+          seconds: Math.ceil((p.duration + 2) / 3),
+          reps: 3,
+        },
+        120,
+        () => {
+          during = sleep(1000).then(() => autocannon(url, headers, p.duration, p.busyHistoryRate));
+        },
       );
+      out.historyUnderFanout = during ? await during : { error: "the fan-out never joined" };
+      out.fanoutWithHistory = fanout;
     }
   };
   if (shared?.get("ours")) await run(shared.get("ours")!);
@@ -1047,8 +1091,30 @@ function markdown(): string {
             fmt(raw?.max, 1),
             `${raw?.errors ?? "–"} / ${raw?.non2xx ?? "–"}`,
           ],
+          ...(w5.historyUnderFanout
+            ? [[
+              `ours, the same page at ${P.w5.busyHistoryRate} req/s while W1 runs (N = ${P.w5.busyClients} at ${
+                k(P.w5.busyRate)
+              } deliveries/s)`,
+              fmt(w5.historyUnderFanout.requestsPerSec, 0),
+              fmt(w5.historyUnderFanout.p50, 2),
+              fmt(w5.historyUnderFanout.p99, 2),
+              fmt(w5.historyUnderFanout.max, 1),
+              `${w5.historyUnderFanout.errors ?? "–"} / ${w5.historyUnderFanout.non2xx ?? "–"}`,
+            ]]
+            : []),
         ],
       ));
+      const f = w5.fanoutWithHistory?.steps?.[0];
+      if (f) {
+        parts.push(
+          `\nThe fan-out meanwhile: reach ${fmt(f.reachMin, 3)}, p50 / p99 / max ${
+            fmt(f.p50, 2)
+          } / ${fmt(f.p99, 2)} / ${fmt(f.max, 1)} ms, server CPU ${
+            fmt(f.serverCpu, 0)
+          } %, client CPU ${fmt(f.clientCpu, 0)} % (autocannon shares the generator's core).`,
+        );
+      }
       if (typeof h?.p99 === "number" && typeof raw?.p99 === "number") {
         parts.push(
           `\nTarget p99 ≤ 3 × ${raw.p99} + 2 = ${3 * raw.p99 + 2} ms: ours ${h.p99} ms.`,

@@ -15,9 +15,10 @@
  * node (every node's hub publishes a heartbeat every 2 s, so a live node is never silent that
  * long), and from the start when the newest entries are another node's. A node alone on its KV
  * thus commits its messages without the relay entry and counter; with the watch's wake-up for
- * them they cost about a quarter of a small commit (`bench/kv_commit_cost.ts`). A node that appears is heard within a poll (same process: at once, through the
- * watch); what the first node committed meanwhile reaches it through the hub's `heads`
- * heartbeat (the newest sequences of the last 10 s, every 2 s), as after a dropped notice.
+ * them they cost about a quarter of a small commit (`bench/kv_commit_cost.ts`). A node that
+ * appears is heard within a poll (same process: at once, through the watch); what the first
+ * node committed meanwhile reaches it through the hub's `heads` heartbeat (the newest sequences
+ * of the last 10 s, every 2 s), as after a dropped notice.
  *
  * @module
  */

@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { cpuMs, parseArgs } from "./lib.ts";
 
 interface Result {
   layout: string;
@@ -31,11 +32,7 @@ interface Result {
   cpuMicrosPerMessage: number;
 }
 
-const args = Object.fromEntries(
-  Deno.args.flatMap((a, i, all) =>
-    a.startsWith("--") ? [[a.slice(2), all[i + 1]?.startsWith("--") ? "true" : all[i + 1]]] : []
-  ),
-);
+const args = parseArgs(Deno.args);
 const seconds = Number(args.seconds ?? 3);
 const LAYOUTS = [
   "log",
@@ -48,12 +45,6 @@ const LAYOUTS = [
 type Layout = typeof LAYOUTS[number];
 const CONVERSATIONS = 500;
 
-function cpuMs(): number {
-  const stat = Deno.readTextFileSync("/proc/self/stat");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
-
 async function run(layout: Layout, perCommit: number): Promise<Result> {
   const dir = await Deno.makeTempDir();
   const kv = await Deno.openKv(`${dir}/kv.sqlite3`);
@@ -61,7 +52,7 @@ async function run(layout: Layout, perCommit: number): Promise<Result> {
   let n = 0;
   let commits = 0;
   const t0 = performance.now();
-  const cpu0 = cpuMs();
+  const cpu0 = cpuMs(Deno.pid);
   while (performance.now() - t0 < seconds * 1000) {
     const atomic = kv.atomic();
     const touched = new Map<string, number>();
@@ -118,7 +109,7 @@ async function run(layout: Layout, perCommit: number): Promise<Result> {
     commits++;
   }
   const elapsed = (performance.now() - t0) / 1000;
-  const cpu = (cpuMs() - cpu0) / 1000;
+  const cpu = (cpuMs(Deno.pid) - cpu0) / 1000;
   kv.close();
   await Deno.remove(dir, { recursive: true });
   return {

@@ -16,16 +16,11 @@
  *
  * @module
  */
-import { parseArgs, round } from "./lib.ts";
+import { cpuMs, parseArgs, round } from "./lib.ts";
 
 const args = parseArgs(Deno.args);
 const rate = Number(args.rate ?? 200);
 const seconds = Number(args.seconds ?? 4);
-
-function cpuTicks(): number {
-  const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 async function run(shape: string): Promise<Record<string, unknown>> {
   const dir = await Deno.makeTempDir({ prefix: "kvcommit-" });
@@ -74,7 +69,7 @@ async function run(shape: string): Promise<Record<string, unknown>> {
     head = result.versionstamp;
   };
   const n = rate * seconds;
-  const c0 = cpuTicks();
+  const c0 = cpuMs(Deno.pid);
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
     const wait = t0 + (i * 1000) / rate - performance.now();
@@ -82,15 +77,15 @@ async function run(shape: string): Promise<Record<string, unknown>> {
     if (shape !== "timer") await commit();
   }
   const elapsed = (performance.now() - t0) / 1000;
-  const cpuMs = (cpuTicks() - c0) * 10;
+  const cpu = cpuMs(Deno.pid) - c0;
   watching = false;
   kv.close();
   await Deno.remove(dir, { recursive: true });
   return {
     shape,
     rate,
-    cpuPercent: round((cpuMs / 10) / elapsed, 1),
-    cpuMicrosPerCommit: round((cpuMs * 1000) / n, 0),
+    cpuPercent: round((cpu / 10) / elapsed, 1),
+    cpuMicrosPerCommit: round((cpu * 1000) / n, 0),
   };
 }
 

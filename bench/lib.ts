@@ -149,6 +149,9 @@ export const OURS_ENV: Record<string, string> = {
   CHAT_LOG_LEVEL: "warn",
 };
 
+/** Targets that speak the load generator's `dm` mode: ours and the Deno relays. */
+export const DM_TARGETS: readonly string[] = ["ours", "relay", "framed", "kvrelay"];
+
 /** Polls `url` until it answers (true) or 20 s pass (false). */
 export async function waitForHttp(url: string): Promise<boolean> {
   for (let i = 0; i < 200; i++) {

@@ -28,6 +28,7 @@
 import {
   CpuMeter,
   cpuMs,
+  DM_TARGETS,
   Histogram,
   median,
   memory,
@@ -833,10 +834,8 @@ async function modeRounds() {
 }
 
 async function modeDm() {
-  if (!["ours", "relay", "framed", "kvrelay"].includes(target)) {
-    throw new Error(
-      `dm mode needs ours or a Deno relay (relay, framed, kvrelay), got ${target}`,
-    );
+  if (!DM_TARGETS.includes(target)) {
+    throw new Error(`dm mode needs one of ${DM_TARGETS.join(", ")}, got ${target}`);
   }
   const rates = (args.rates ?? "5000,10000").split(",").map(Number);
   const offlineFraction = Number(args.offline ?? 0.1);

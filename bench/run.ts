@@ -7,12 +7,21 @@
  *   deno task bench --only w1,w4 --targets ours,relay,socketio
  *
  * Workloads (see docs/benchmarks.md): w1 group fan-out knee, w2 closed-loop rounds, w3 direct
- * messages (ours and the Deno relays), w4 idle connections, w5 history page and catch-up (ours), w6 two workers,
- * w7 slow consumers.
+ * messages (ours and the Deno relays), w4 idle connections, w5 history page and catch-up (ours),
+ * w6 two workers, w7 slow consumers.
  *
  * @module
  */
-import { cpuMs, loadCommand, OURS_ENV, parseArgs, round, sleep, systemBusyMs } from "./lib.ts";
+import {
+  cpuMs,
+  DM_TARGETS,
+  loadCommand,
+  OURS_ENV,
+  parseArgs,
+  round,
+  sleep,
+  systemBusyMs,
+} from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const BENCH = `${ROOT}/bench`;
@@ -338,11 +347,14 @@ async function load(
   }, (timeoutS + 15) * 1000);
   // Read stdout as it comes: `JOINED` (fan-out mode) calls `onJoined`; `RESULT …` is the result.
   let text = "";
+  let joined = false;
   const decoder = new TextDecoder();
   for await (const chunk of child.stdout) {
-    const before = text;
     text += decoder.decode(chunk, { stream: true });
-    if (onJoined && !before.includes("JOINED\n") && text.includes("JOINED\n")) onJoined();
+    if (onJoined && !joined && text.includes("JOINED\n")) {
+      joined = true;
+      onJoined();
+    }
   }
   const status = await child.status;
   clearTimeout(killer);
@@ -578,9 +590,6 @@ async function w2(shared?: Map<string, Server>) {
   results.w2 = out;
 }
 
-/** Targets that speak the load generator's `dm` mode: ours and the Deno relays. */
-const DM_TARGETS = ["ours", "relay", "framed", "kvrelay"];
-
 /** W3: direct messages in random pairs, stepped rate; the knee per target. */
 async function w3(shared?: Map<string, Server>) {
   const p = P.w3;
@@ -619,8 +628,10 @@ async function w4(shared?: Map<string, Server>) {
   results.w4 = out;
 }
 
-/** Runs autocannon (pinned to the client core) against a URL; latency in ms. */
-/** autocannon with 10 connections, as fast as they go, or at `rate` requests/s in all. */
+/**
+ * Runs autocannon (pinned to the client core) against a URL with 10 connections, as fast as they
+ * go, or at `rate` requests/s in all; latency in ms.
+ */
 async function autocannon(
   url: string,
   headers: Record<string, string>,
@@ -976,7 +987,7 @@ function markdown(): string {
         return [
           label(t),
           r.error ? `error: ${r.error}` : r.knee ? k(r.knee) : "none",
-          relayKnee ? `${fmt((r.knee ?? 0) / relayKnee, 2)}×` : "–",
+          ratio(r.knee ?? 0, relayKnee),
           fail
             ? `${k(fail.rate)}: reach ${fmt(fail.reachMin, 3)}, p99 ${fmt(fail.p99, 1)}, srv ${
               fmt(fail.serverCpu, 0)

@@ -181,14 +181,6 @@ export class MessageLog {
     await this.flush();
   }
 
-  /** The newest sequence number of each conversation (0 when empty). */
-  async heads(convs: ConversationId[]): Promise<Map<ConversationId, number>> {
-    const entries = await getMany<number>(this.#kv, convs.map(headKey));
-    const result = new Map<ConversationId, number>();
-    convs.forEach((conv, i) => result.set(conv, entries[i].value ?? 0));
-    return result;
-  }
-
   /** The newest sequence number of a conversation (0 when empty). */
   async head(conv: ConversationId): Promise<number> {
     const entry = await retryLocked(() => this.#kv.get<number>(headKey(conv)));

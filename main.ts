@@ -7,6 +7,7 @@
  * @module
  */
 import { loadConfig } from "./chat/config.ts";
+import { openKv } from "./chat/kv_open.ts";
 import { createNode } from "./chat/node.ts";
 import { createApp } from "./routes/app.ts";
 
@@ -30,17 +31,11 @@ try {
 }
 
 const config = loadConfig(Deno.env.toObject());
-const path = config.CHAT_KV_PATH;
-const local = path !== "" && path !== ":memory:" && !/^https?:\/\//.test(path);
-if (local) {
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
-  await Deno.mkdir(dir, { recursive: true });
-}
 // No path on Deno Deploy: the app's managed database.
-const kv = await Deno.openKv(
+const kv = await openKv(
   Deno.env.get("DENO_DEPLOYMENT_ID") && !Deno.env.get("CHAT_KV_PATH")
     ? undefined
-    : path || undefined,
+    : config.CHAT_KV_PATH || undefined,
 );
 const node = await createNode({ kv, config });
 const app = createApp(node);

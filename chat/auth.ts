@@ -4,15 +4,17 @@
  *
  * A token is `<session id>.<HMAC-SHA256 of the id>`: a forged one fails the signature check
  * before any KV read; a real one must also still have its session record (sign-out and password
- * changes delete it) and not be expired.
+ * changes delete it) and not be expired. The session id is `<user id>-<random>`, so a socket's
+ * handshake reads the session and its user in one `getMany` (ids made before that, without the
+ * user, still work with two reads).
  *
  * @module
  */
 import { scrypt } from "node:crypto";
 import type { Directory, UserRecord } from "./directory.ts";
 import { randomId } from "./directory.ts";
-import { SECRET_KEY, sessionKey, ticketKey, userSessionKey } from "./keys.ts";
-import { retryLocked } from "./message_log.ts";
+import { SECRET_KEY, sessionKey, ticketKey, userKey, userSessionKey } from "./keys.ts";
+import { getMany, retryLocked } from "./message_log.ts";
 import { checkUserName } from "./names.ts";
 import { ChatError } from "./protocol.ts";
 import type { UserId } from "./protocol.ts";
@@ -225,7 +227,8 @@ export class Auth {
   }
 
   async #startSession(user: UserRecord): Promise<SignedIn> {
-    const session = randomId(24);
+    // The user's id (letters and digits) first: `verify` reads the session and the user at once.
+    const session = `${user.id}-${randomId(24)}`;
     const now = Date.now();
     const record: SessionRecord = {
       user: user.id,
@@ -274,10 +277,22 @@ export class Auth {
   async verify(token: string): Promise<{ user: UserRecord; session: string } | null> {
     const session = await this.#sessionOf(token);
     if (!session) return null;
-    const record = (await retryLocked(() => this.#kv.get<SessionRecord>(sessionKey(session))))
-      .value;
+    const dash = session.indexOf("-");
+    let record: SessionRecord | null;
+    let user: UserRecord | null;
+    if (dash > 0) {
+      const [s, u] = await getMany<SessionRecord | UserRecord>(this.#kv, [
+        sessionKey(session),
+        userKey(session.slice(0, dash)),
+      ]);
+      record = s.value as SessionRecord | null;
+      user = u.value as UserRecord | null;
+      if (record && record.user !== user?.id) return null;
+    } else {
+      record = (await retryLocked(() => this.#kv.get<SessionRecord>(sessionKey(session)))).value;
+      user = record ? await this.#directory.user(record.user) : null;
+    }
     if (!record || record.expires <= Date.now()) return null;
-    const user = await this.#directory.user(record.user);
     return user ? { user, session } : null;
   }
 
@@ -321,11 +336,14 @@ export class Auth {
       this.#kv.atomic().check(entry).delete(ticketKey(ticket)).commit()
     );
     if (!used.ok) return null;
-    const record =
-      (await retryLocked(() => this.#kv.get<SessionRecord>(sessionKey(entry.value!.session))))
-        .value;
-    if (!record || record.expires <= Date.now()) return null;
-    const user = await this.#directory.user(entry.value.user);
-    return user ? { user, session: entry.value.session } : null;
+    const { user: id, session } = entry.value;
+    const [s, u] = await getMany<SessionRecord | UserRecord>(this.#kv, [
+      sessionKey(session),
+      userKey(id),
+    ]);
+    const record = s.value as SessionRecord | null;
+    const user = u.value as UserRecord | null;
+    if (!record || record.expires <= Date.now() || record.user !== id) return null;
+    return user ? { user, session } : null;
   }
 }

@@ -217,7 +217,16 @@ export class Directory {
 
   /** Groups of a user. */
   async groupsOf(user: UserId, limit = 5000): Promise<GroupRecord[]> {
-    const ids = (await this.#list(["user_group", user], limit)).map((e) => e.key[2] as string);
+    return await this.groups(await this.groupIdsOf(user, limit));
+  }
+
+  /** Ids of a user's groups, at most `limit`. */
+  async groupIdsOf(user: UserId, limit = 5000): Promise<string[]> {
+    return (await this.#list(["user_group", user], limit)).map((e) => e.key[2] as string);
+  }
+
+  /** Groups by id; unknown (deleted) ones are left out. */
+  async groups(ids: string[]): Promise<GroupRecord[]> {
     return (await this.#getMany<GroupRecord>(ids.map(groupKey))).filter((g): g is GroupRecord =>
       g !== null
     );

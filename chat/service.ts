@@ -179,60 +179,66 @@ export class ChatService {
     this.#deps.hub.detach(conn);
   }
 
-  /** Every conversation of a user, with heads, read positions and the newest message. */
+  /**
+   * Every conversation of a user, with heads, read positions and the newest message, in three
+   * rounds of KV reads: the user's group and peer ids; then their records, heads and read
+   * positions at once (conversation ids follow from the ids alone); then the newest messages.
+   */
   async conversationsOf(user: UserRecord): Promise<ConversationInfo[]> {
     const { directory } = this.#deps;
-    const [groups, peerIds] = await Promise.all([
-      directory.groupsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),
+    const [groupIds, peerIds] = await Promise.all([
+      directory.groupIdsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),
       directory.directPeers(user.id),
     ]);
-    const peers = await directory.users(peerIds);
-    const list: ConversationInfo[] = [
-      { id: LOBBY, kind: "lobby", title: "Lobby", lastSeq: 0, read: 0 },
-      ...groups.map((g): ConversationInfo => ({
-        id: groupConversation(g.id),
-        kind: "group",
-        title: g.name,
-        group: g,
-        lastSeq: 0,
-        read: 0,
-      })),
-      ...peers.map((p): ConversationInfo => ({
-        id: directConversation(user.id, p.id),
-        kind: "direct",
-        title: p.name,
-        peer: info(p),
-        lastSeq: 0,
-        read: 0,
-      })),
+    // The notices conversation is listed once something was pushed, but always received.
+    const ids = [
+      LOBBY,
+      ...groupIds.map(groupConversation),
+      ...peerIds.map((p) => directConversation(user.id, p)),
+      directConversation(user.id, user.id),
     ];
-    list.push({
-      id: directConversation(user.id, user.id),
-      kind: "direct",
-      title: "Notices",
-      peer: { id: "system", name: "System" },
-      lastSeq: 0,
-      read: 0,
-    });
     // Heads and read positions in one read: a welcome per connection is the cost of a sign-in
     // storm, and each KV read is a round trip through KV's one SQLite thread.
-    const entries = await getMany<number>(this.#deps.kv, [
-      ...list.map((c) => headKey(c.id)),
-      ...list.map((c) => readKey(user.id, c.id)),
+    const [groups, peers, entries] = await Promise.all([
+      directory.groups(groupIds),
+      directory.users(peerIds),
+      getMany<number>(this.#deps.kv, [
+        ...ids.map((id) => headKey(id)),
+        ...ids.map((id) => readKey(user.id, id)),
+      ]),
     ]);
-    list.forEach((c, i) => {
-      c.lastSeq = entries[i].value ?? 0;
-      c.read = Math.min(entries[list.length + i].value ?? 0, c.lastSeq);
-    });
-    // The notices conversation is listed once something was pushed, but always received.
-    const notices = list[list.length - 1];
-    const shown = notices.lastSeq > 0 ? list : list.slice(0, -1);
-    const withMessages = shown.filter((c) => c.lastSeq > 0);
+    const positions = new Map(ids.map((id, i) => {
+      const lastSeq = entries[i].value ?? 0;
+      return [id, { lastSeq, read: Math.min(entries[ids.length + i].value ?? 0, lastSeq) }];
+    }));
+    const at = (id: ConversationId) => positions.get(id)!;
+    const notices = directConversation(user.id, user.id);
+    const list: ConversationInfo[] = [
+      { id: LOBBY, kind: "lobby", title: "Lobby", ...at(LOBBY) },
+      ...groups.map((g): ConversationInfo => {
+        const id = groupConversation(g.id);
+        return { id, kind: "group", title: g.name, group: g, ...at(id) };
+      }),
+      ...peers.map((p): ConversationInfo => {
+        const id = directConversation(user.id, p.id);
+        return { id, kind: "direct", title: p.name, peer: info(p), ...at(id) };
+      }),
+    ];
+    if (at(notices).lastSeq > 0) {
+      list.push({
+        id: notices,
+        kind: "direct",
+        title: "Notices",
+        peer: { id: "system", name: "System" },
+        ...at(notices),
+      });
+    }
+    const withMessages = list.filter((c) => c.lastSeq > 0);
     const lasts = await this.#lastMessages(withMessages);
     withMessages.forEach((c, i) => {
       if (lasts[i]) c.last = lasts[i]!;
     });
-    return shown;
+    return list;
   }
 
   async #lastMessages(convs: ConversationInfo[]): Promise<(ChatMessage | null)[]> {

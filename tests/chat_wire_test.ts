@@ -334,3 +334,70 @@ Deno.test("read positions sync across a user's connections and count in the welc
   cb.send({ type: "read", conv: "lobby", seq: 2 });
   assert.deepEqual(await cb2.next("read"), { type: "read", conv: "lobby", seq: 2 });
 });
+
+Deno.test("welcome: every conversation with its head, read position and newest message", async () => {
+  const admin = "welcome-admin-token-0123456789";
+  await using server = await startServer({ config: { CHAT_ADMIN_TOKEN: admin } });
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  await using ca = await TestClient.connect(server, a.token);
+  await using cb = await TestClient.connect(server, b.token);
+  const create = async (name: string) => {
+    const created = ca.next("conversation", (f) => f.conversation.title === name);
+    ca.send({ type: "group.create", name });
+    return (await created).conversation;
+  };
+  const alpha = await create("Alpha");
+  const beta = await create("Beta");
+  cb.send({ type: "group.join", group: alpha.group.id });
+  await cb.next("conversation");
+  await ca.post(alpha.id, "a1", "w-1");
+  const dm = await cb.post({ to: a.user.id }, "hi ann", "w-2");
+  ca.send({ type: "read", conv: alpha.id, seq: 2 });
+  await ca.next("read");
+  const pushed = await fetch(`${server.url}/api/push`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+    body: JSON.stringify({ to: { user: a.user.id }, text: "notice 1" }),
+  });
+  assert.equal(pushed.status, 200, await pushed.text());
+
+  await using ca2 = await TestClient.connect(server, a.token);
+  // deno-lint-ignore no-explicit-any
+  const byId = new Map<string, any>(ca2.welcome.conversations.map((c: any) => [c.id, c]));
+  const notices = `d:${a.user.id}:${a.user.id}`;
+  assert.equal(ca2.welcome.conversations[0].id, "lobby");
+  assert.deepEqual(
+    ca2.welcome.conversations.map((c: { kind: string }) => c.kind),
+    ["lobby", "group", "group", "direct", "direct"],
+  );
+  assert.deepEqual([...byId.keys()].sort(), ["lobby", alpha.id, beta.id, dm.conv, notices].sort());
+  const al = byId.get(alpha.id);
+  // created, bob joined, a1: three messages; ann read up to the second.
+  assert.deepEqual([al.title, al.lastSeq, al.read, al.last.text], ["Alpha", 3, 2, "a1"]);
+  assert.equal(al.group.id, alpha.group.id);
+  const be = byId.get(beta.id);
+  assert.deepEqual([be.title, be.lastSeq, be.last.meta.event], ["Beta", 1, "created"]);
+  const d = byId.get(dm.conv);
+  assert.deepEqual([d.title, d.peer.id, d.lastSeq, d.read, d.last.text], [
+    b.user.name,
+    b.user.id,
+    1,
+    0,
+    "hi ann",
+  ]);
+  const n = byId.get(notices);
+  assert.deepEqual([n.title, n.peer.id, n.lastSeq, n.last.text], [
+    "Notices",
+    "system",
+    1,
+    "notice 1",
+  ]);
+  assert.deepEqual(ca2.welcome.resume.lastSeq[alpha.id], 3);
+  // Nothing was pushed to bob: his notices line is not listed (but still received).
+  await using cb2 = await TestClient.connect(server, b.token);
+  assert.deepEqual(
+    cb2.welcome.conversations.map((c: { id: string }) => c.id),
+    ["lobby", alpha.id, dm.conv],
+  );
+});

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { canonicalName, checkUserName } from "../chat/names.ts";
 import { hashPassword, verifyPassword } from "../chat/auth.ts";
-import { SECRET_KEY, ticketKey } from "../chat/keys.ts";
+import { SECRET_KEY, sessionKey, ticketKey } from "../chat/keys.ts";
 import { signIn, startServer, tempKvPath, TestClient, uniqueName, until } from "./_harness.ts";
 import type { TestServer } from "./_harness.ts";
 
@@ -279,6 +279,48 @@ Deno.test("tokens: forged ones get 401 on REST and on the socket, and no socket"
   // The real one works.
   assert.equal((await call(server, "GET", "/api/me", { token: real.token })).status, 200);
   assert.equal((await handshake(server, { authorization: `Bearer ${real.token}` })).status, 101);
+});
+
+Deno.test("tokens: the session id names its user; older ids without it still work; a mismatch never", async () => {
+  const secret = "s".repeat(40);
+  await using server = await startServer({ config: { CHAT_SECRET: secret } });
+  const ann = await signIn(server.url, uniqueName("ann"));
+  const bob = await signIn(server.url, uniqueName("bob"));
+  assert.match(ann.token, new RegExp(`^${ann.user.id}-[a-z0-9]{24}\\.`));
+  // Tokens signed here as the server signs them, for session records written by hand.
+  const key = await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const tokenOf = async (session: string, user: string) => {
+    const now = Date.now();
+    await server.kv.set(sessionKey(session), { user, createdAt: now, expires: now + 60_000 });
+    const signature = new Uint8Array(
+      await crypto.subtle.sign("HMAC", key, encoder.encode(session)),
+    );
+    const b64 = btoa(String.fromCharCode(...signature)).replaceAll("+", "-").replaceAll("/", "_");
+    return `${session}.${b64.replace(/=+$/, "")}`;
+  };
+  // A session made before ids named their user: read in two steps, still ann's.
+  const old = await tokenOf("a".repeat(24), ann.user.id);
+  const me = await call(server, "GET", "/api/me", { token: old });
+  assert.equal(me.status, 200, JSON.stringify(me.body));
+  assert.equal(me.body.user.id, ann.user.id);
+  assert.equal((await handshake(server, { authorization: `Bearer ${old}` })).status, 101);
+  // An id naming bob over a record of ann's: neither of them.
+  const mismatch = await tokenOf(`${bob.user.id}-${"b".repeat(24)}`, ann.user.id);
+  assert.equal((await call(server, "GET", "/api/me", { token: mismatch })).status, 401);
+  await expectRefused(server, { authorization: `Bearer ${mismatch}` }, 401, "unauthorized");
+  // A ticket redeems to the user of its session.
+  const res = await call(server, "POST", "/api/session/ticket", { token: bob.token });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  const client = new TestClient(`${server.ws}/ws?ticket=${res.body.ticket}`);
+  const welcome = await client.next("welcome");
+  assert.equal(welcome.user.id, bob.user.id);
+  await client.close();
 });
 
 Deno.test("tokens: an expired session gets 401 on REST and on the socket", async () => {

@@ -1,16 +1,17 @@
 /**
- * Handshake latency when every KV call is a network round trip: Deno Deploy's database, or a
- * shared `denokv` server when self-hosted. A local file answers in about 0.1 ms, so there the
- * number of dependent reads barely shows; over a network each one costs a round trip.
+ * Latency when every KV call is a network round trip: Deno Deploy's database, or a shared
+ * `denokv` server when self-hosted. A local file answers in about 0.1 ms, so there the number of
+ * dependent KV calls barely shows; over a network each one costs a round trip.
  *
  *   deno run -A --config deno.json bench/welcome_rounds.ts [--rtt 5] [--groups 20] [--dms 20]
  *     [--connects 40]
  *
  * Runs the app in this process on a KV file whose calls (get, getMany, list, commit) each wait
  * `--rtt` ms first, signs in a user with `--groups` groups and `--dms` direct conversations (set up
- * without the delay), then opens `--connects` sockets one after another and times each from
- * `new WebSocket` to its `welcome` frame, with no delay and with the delay. The difference
- * divided by the delay is the number of KV round trips a handshake waits for.
+ * without the delay), then times, one after another, `--connects` times each and with no delay and with the
+ * delay: a handshake (`new WebSocket` to `welcome`), a group message and a direct message (send
+ * to ack), and a history page. The difference divided by the delay is the number of KV round
+ * trips each waits for.
  *
  * @module
  */
@@ -74,6 +75,10 @@ const config = defaultConfig({
   CHAT_LOG_LEVEL: "silent",
   CHAT_SIGNIN_PER_MINUTE: 100_000,
   CHAT_GROUP_CREATES_PER_HOUR: 100_000,
+  CHAT_RATE_BURST: 100_000,
+  CHAT_RATE_PER_SECOND: 100_000,
+  CHAT_USER_RATE_BURST: 100_000,
+  CHAT_USER_RATE_PER_SECOND: 100_000,
 });
 const node = await createNode({ kv: remote(kv), config });
 const app = createApp(node);
@@ -111,10 +116,15 @@ function connect(token: string): Promise<{ ws: WebSocket; welcome: Frame; ms: nu
   });
 }
 
+/** Sends `frame` and waits for the first frame passing `test`; an error frame throws. */
 function request(ws: WebSocket, frame: Frame, test: (f: Frame) => boolean): Promise<Frame> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     const on = (e: MessageEvent) => {
       const f = JSON.parse(e.data);
+      if (f.type === "error") {
+        ws.removeEventListener("message", on);
+        reject(new Error(`Expected an answer to ${frame.type}, got ${e.data}`));
+      }
       if (!test(f)) return;
       ws.removeEventListener("message", on);
       resolve(f);
@@ -153,27 +163,58 @@ for (let d = 0; d < DMS; d++) {
 }
 await closed(a.ws);
 
-async function handshakes(rtt: number): Promise<{ p50: number; listed: number }> {
+/** Median time of `CONNECTS` runs of `step`, one after another, with `rtt` ms per KV call. */
+async function median(rtt: number, step: () => Promise<number>): Promise<number> {
   delayMs = rtt;
   const times: number[] = [];
-  let listed = 0;
-  for (let i = 0; i < CONNECTS; i++) {
-    const c = await connect(ann.token);
-    times.push(c.ms);
-    listed = c.welcome.conversations.length;
-    await closed(c.ws);
-  }
+  for (let i = 0; i < CONNECTS; i++) times.push(await step());
+  delayMs = 0;
   times.sort((x, y) => x - y);
-  return { p50: times[Math.floor(times.length / 2)], listed };
+  return times[Math.floor(times.length / 2)];
 }
 
-const local = await handshakes(0);
-const delayed = await handshakes(RTT);
-const trips = (delayed.p50 - local.p50) / RTT;
-console.log(
-  `${local.listed} conversations; handshake p50 ${round(local.p50, 2)} ms on the local file, ` +
-    `${round(delayed.p50, 2)} ms with ${RTT} ms per KV call: ${round(trips, 1)} round trips`,
-);
+let listed = 0;
+const handshake = async () => {
+  const c = await connect(ann.token);
+  listed = c.welcome.conversations.length;
+  await closed(c.ws);
+  return c.ms;
+};
+const me = await connect(ann.token);
+const [group] = me.welcome.conversations.filter((c: Frame) => c.kind === "group");
+const [direct] = me.welcome.conversations.filter((c: Frame) => c.kind === "direct");
+let sent = 0;
+const send = (target: Record<string, string>) => async () => {
+  const t = performance.now();
+  const id = `s${++sent}`;
+  await request(me.ws, { type: "send", id, ...target, text: "x" }, (f) => f.type === "ack");
+  return performance.now() - t;
+};
+const page = async () => {
+  const t = performance.now();
+  await request(me.ws, { type: "history", conv: group.id }, (f) => f.type === "history");
+  return performance.now() - t;
+};
+const steps: [string, () => Promise<number>][] = [
+  ["handshake (open to welcome)", handshake],
+  ["group message (send to ack)", send({ conv: group.id })],
+  ["direct message (send to ack)", send({ to: direct.peer.id })],
+  ["history page (request to page)", page],
+];
+console.log(`${GROUPS} groups and ${DMS} direct conversations; p50 of ${CONNECTS} each`);
+for (const [name, step] of steps) {
+  const local = await median(0, step);
+  const far = await median(RTT, step);
+  console.log(
+    `${name.padEnd(31)} local ${String(round(local, 2)).padStart(6)} ms, ` +
+      `${RTT} ms per KV call ${String(round(far, 1)).padStart(6)} ms: ` +
+      `${round((far - local) / RTT, 1)} round trips`,
+  );
+}
+if (listed !== GROUPS + DMS + 1) {
+  console.error(`Expected ${GROUPS + DMS + 1} listed, got ${listed}`);
+}
+await closed(me.ws);
 delayMs = 0;
 await node.shutdown();
 ac.abort();

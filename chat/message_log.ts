@@ -229,29 +229,27 @@ export class MessageLog {
     limit: number,
   ): Promise<{ messages: ChatMessage[]; more: boolean }> {
     const cutoff = this.#now() - this.#options.retentionMs;
-    const floor = (await this.head(conv)) - this.#options.retentionCount;
-    const messages: ChatMessage[] = [];
-    let more = false;
-    await retryLocked(async () => {
-      messages.length = 0;
-      more = false;
-      const iter = this.#kv.list<ChatMessage>(
-        before === undefined
-          ? { prefix: messagePrefix(conv) }
-          : { prefix: messagePrefix(conv), end: messageKey(conv, Math.max(1, before)) },
-        { reverse: true, limit: limit + 1, batchSize: limit + 1 },
-      );
-      for await (const entry of iter) {
-        if (entry.value.ts < cutoff || entry.value.seq <= floor) break;
-        if (messages.length === limit) {
-          more = true;
-          break;
-        }
-        messages.push(entry.value);
-      }
-    });
-    messages.reverse();
-    return { messages, more };
+    // The head (for the count-based floor) and the page are read at once: over a network (Deno
+    // Deploy, a shared denokv) that is one round trip instead of two.
+    const [head, newest] = await Promise.all([
+      this.head(conv),
+      retryLocked(async () => {
+        const out: ChatMessage[] = [];
+        const iter = this.#kv.list<ChatMessage>(
+          before === undefined
+            ? { prefix: messagePrefix(conv) }
+            : { prefix: messagePrefix(conv), end: messageKey(conv, Math.max(1, before)) },
+          { reverse: true, limit: limit + 1, batchSize: limit + 1 },
+        );
+        for await (const entry of iter) out.push(entry.value);
+        return out;
+      }),
+    ]);
+    const floor = head - this.#options.retentionCount;
+    // Newest first: the page ends at the first message past either retention limit.
+    const end = newest.findIndex((m) => m.ts < cutoff || m.seq <= floor);
+    const kept = end < 0 ? newest : newest.slice(0, end);
+    return { messages: kept.slice(0, limit).reverse(), more: kept.length > limit };
   }
 
   #schedule(): void {

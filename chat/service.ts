@@ -576,8 +576,11 @@ export class ChatService {
     limit: number,
     connId?: string,
   ): Promise<{ messages: ChatMessage[]; more: boolean }> {
+    // Read alongside the check (one round trip over a network), returned only if it passes.
+    const page = this.#deps.log.page(conv, before, limit);
+    page.catch(() => {});
     if (!(await this.#canUse(user, conv, connId))) throw notFound(conv);
-    return await this.#deps.log.page(conv, before, limit);
+    return await page;
   }
 
   // ---- groups -------------------------------------------------------------------------------

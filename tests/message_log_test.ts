@@ -112,6 +112,12 @@ Deno.test("log: retention by count trims the oldest and hides them on read", asy
     assert.equal(page.messages.length, 10);
     assert.equal(page.more, false);
     assert.equal(await log.head("lobby"), 25);
+    // One left behind below the floor (a trim that did not happen) is hidden all the same.
+    await kv.set(messageKey("lobby", 15), { ...kept[0], seq: 15 });
+    const again = await log.page("lobby", undefined, 10);
+    assert.deepEqual([again.messages[0].seq, again.messages.length, again.more], [16, 10, false]);
+    const part = await log.page("lobby", undefined, 4);
+    assert.deepEqual([part.messages.map((m) => m.seq), part.more], [[22, 23, 24, 25], true]);
   });
 });
 
@@ -130,6 +136,14 @@ Deno.test("log: retention by age filters on read (expireIn is only a lower bound
       9,
       10,
     ]);
+    const five = await log.page("lobby", undefined, 5);
+    assert.deepEqual(
+      [five.messages.length, five.more],
+      [5, false],
+      "nothing newer than the cutoff",
+    );
+    const two = await log.page("lobby", undefined, 2);
+    assert.deepEqual([two.messages.map((m) => m.seq), two.more], [[9, 10], true]);
     // Expired messages do not count towards a limit: a resume reading 3 gets 3.
     const three = await log.range("lobby", 0, Number.MAX_SAFE_INTEGER, 3);
     assert.deepEqual(three.map((m) => m.seq), [6, 7, 8]);

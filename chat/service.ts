@@ -125,8 +125,15 @@ export class ChatService {
 
   // ---- connection lifecycle -----------------------------------------------------------------
 
-  /** A socket opened for `user`: send the welcome and start delivering. */
-  open(conn: Connection, user: UserRecord): Promise<void> {
+  /**
+   * A socket opened for `user`: send the welcome and start delivering. `conversations`: the
+   * user's conversations when their reads have already started.
+   */
+  open(
+    conn: Connection,
+    user: UserRecord,
+    conversations?: Promise<ConversationInfo[]>,
+  ): Promise<void> {
     const c = this.#deps.config;
     const client: Client = {
       conn,
@@ -142,16 +149,16 @@ export class ChatService {
     this.#clients.set(conn.id, client);
     this.#perUser.set(user.id, (this.#perUser.get(user.id) ?? 0) + 1);
     this.#deps.metrics.connectionsOpened++;
-    client.opened = this.#welcome(client).catch((error) => {
+    client.opened = this.#welcome(client, conversations).catch((error) => {
       this.#deps.logger.error("welcome_failed", { user: user.id, error: String(error) });
       conn.close(1011, "Cannot load your conversations: try again");
     });
     return client.opened;
   }
 
-  async #welcome(client: Client): Promise<void> {
+  async #welcome(client: Client, early?: Promise<ConversationInfo[]>): Promise<void> {
     const { user, conn } = client;
-    const conversations = await this.conversationsOf(user);
+    const conversations = await (early ?? this.conversationsOf(user));
     if (!this.#clients.has(conn.id)) return;
     const { hub } = this.#deps;
     const online = hub.presence.online(WELCOME_ONLINE);
@@ -184,7 +191,7 @@ export class ChatService {
    * rounds of KV reads: the user's group and peer ids; then their records, heads and read
    * positions at once (conversation ids follow from the ids alone); then the newest messages.
    */
-  async conversationsOf(user: UserRecord): Promise<ConversationInfo[]> {
+  async conversationsOf(user: Pick<UserRecord, "id">): Promise<ConversationInfo[]> {
     const { directory } = this.#deps;
     const [groupIds, peerIds] = await Promise.all([
       directory.groupIdsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),

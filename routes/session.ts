@@ -12,6 +12,7 @@ import { getConnInfo } from "hono/deno";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { UserRecord } from "../chat/directory.ts";
 import type { SignedIn } from "../chat/auth.ts";
+import type { UserId } from "../chat/protocol.ts";
 import { TICKET_MS } from "../chat/auth.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { canonicalName } from "../chat/names.ts";
@@ -54,14 +55,15 @@ export function tokenOf(c: Context): string | undefined {
   return bearerToken(c.req.header("authorization")) ?? getCookie(c, SESSION_COOKIE);
 }
 
-/** The signed-in user of a request, or null. */
+/** The signed-in user of a request, or null; `ahead` as in `Auth.verify`. */
 export async function authenticate(
   node: ChatNode,
   c: Context,
+  ahead?: (user: UserId) => void,
 ): Promise<{ user: UserRecord; session: string } | null> {
   const token = tokenOf(c);
   if (!token || token.length > 200) return null;
-  return await node.auth.verify(token);
+  return await node.auth.verify(token, ahead);
 }
 
 function signedIn(c: Context, result: SignedIn, status: 200 | 201) {

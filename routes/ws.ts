@@ -12,6 +12,7 @@ import { randomId } from "../chat/directory.ts";
 import type { Connection } from "../chat/hub.ts";
 import type { ChatNode } from "../chat/node.ts";
 import { ChatError, utf8Length } from "../chat/protocol.ts";
+import type { ConversationInfo, UserId } from "../chat/protocol.ts";
 import { CLOSE_TOO_BIG } from "../chat/service.ts";
 import {
   addressOverLimit,
@@ -25,24 +26,39 @@ import { addressOf, authenticate, originAllowed } from "./session.ts";
 
 export { originAllowed };
 
+/** A handshake that passed: the user, the address, and the welcome's reads when started. */
+export interface Admitted {
+  user: UserRecord;
+  address: string;
+  /** The user's conversations, read while the session was (see `Auth.verify`). */
+  conversations?: Promise<ConversationInfo[]>;
+}
+
 /**
  * Checks the handshake: origin, session, limits. Returns the user, or an error response.
  */
-export async function admit(
-  node: ChatNode,
-  c: Context,
-): Promise<{ user: UserRecord; address: string } | Response> {
+export async function admit(node: ChatNode, c: Context): Promise<Admitted | Response> {
   const refused = checkUpgrade(node, c);
   if (refused) return refused;
   if (!originAllowed(node, c)) return refuseUpgrade(node, c, "forbidden", "Origin not allowed");
   // The only credential a URL may carry is a single-use ticket that expires in seconds.
   const ticket = c.req.query("ticket");
-  const who = ticket !== undefined ? await node.auth.redeem(ticket) : await authenticate(node, c);
+  // A signed token names its user: the welcome's reads start beside the session's (one KV
+  // round trip fewer over a network), and are dropped unless the session holds for that user.
+  let ahead: { user: UserId; conversations: Promise<ConversationInfo[]> } | undefined;
+  const who = ticket !== undefined
+    ? await node.auth.redeem(ticket)
+    : await authenticate(node, c, (user) => {
+      const conversations = node.service.conversationsOf({ id: user });
+      conversations.catch(() => {});
+      ahead = { user, conversations };
+    });
   if (!who) {
     return refuseUpgrade(node, c, "unauthorized", "Expected a valid session: sign in first");
   }
   const address = addressOf(c);
-  return overLimit(node, c, who.user, address) ?? { user: who.user, address };
+  const conversations = ahead?.user === who.user.id ? ahead.conversations : undefined;
+  return overLimit(node, c, who.user, address) ?? { user: who.user, address, conversations };
 }
 
 /** A refusal when `user` or `address` has as many sockets as allowed, else undefined. */
@@ -76,6 +92,7 @@ export function upgrade(
   c: Context,
   user: UserRecord,
   address: string,
+  conversations?: Promise<ConversationInfo[]>,
 ): Response {
   const over = overLimit(node, c, user, address);
   if (over) return over;
@@ -107,7 +124,7 @@ export function upgrade(
     node.service.close(conn);
   };
   socket.onopen = () => {
-    node.service.open(conn, user);
+    node.service.open(conn, user, conversations);
   };
   socket.onmessage = (event: MessageEvent) => {
     if (!closer.frame()) return;
@@ -136,5 +153,5 @@ export function upgrade(
 export async function socketHandler(node: ChatNode, c: Context): Promise<Response> {
   const admitted = await admit(node, c);
   if (admitted instanceof Response) return admitted;
-  return upgrade(node, c, admitted.user, admitted.address);
+  return upgrade(node, c, admitted.user, admitted.address, admitted.conversations);
 }

@@ -314,6 +314,15 @@ Deno.test("tokens: the session id names its user; older ids without it still wor
   const mismatch = await tokenOf(`${bob.user.id}-${"b".repeat(24)}`, ann.user.id);
   assert.equal((await call(server, "GET", "/api/me", { token: mismatch })).status, 401);
   await expectRefused(server, { authorization: `Bearer ${mismatch}` }, 401, "unauthorized");
+  // `ahead` hears the user a signed id names, before the session is read; the caller uses its
+  // reads only if verify then returns that user.
+  const heard: string[] = [];
+  const ahead = (user: string) => heard.push(user);
+  assert.equal((await server.node.auth.verify(ann.token, ahead))?.user.id, ann.user.id);
+  assert.equal(await server.node.auth.verify(mismatch, ahead), null);
+  assert.equal((await server.node.auth.verify(old, ahead))?.user.id, ann.user.id);
+  assert.equal(await server.node.auth.verify(`${ann.token.split(".")[0]}.AAAA`, ahead), null);
+  assert.deepEqual(heard, [ann.user.id, bob.user.id], "signed new-style ids only");
   // A ticket redeems to the user of its session.
   const res = await call(server, "POST", "/api/session/ticket", { token: bob.token });
   assert.equal(res.status, 200, JSON.stringify(res.body));

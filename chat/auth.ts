@@ -285,22 +285,34 @@ export class Auth {
     const session = await this.#sessionOf(token);
     if (!session) return null;
     const dash = session.indexOf("-");
-    let record: SessionRecord | null;
-    let user: UserRecord | null;
     if (dash > 0) {
-      ahead?.(session.slice(0, dash));
-      const [s, u] = await getMany<SessionRecord | UserRecord>(this.#kv, [
-        sessionKey(session),
-        userKey(session.slice(0, dash)),
-      ]);
-      record = s.value as SessionRecord | null;
-      user = u.value as UserRecord | null;
-      if (record && record.user !== user?.id) return null;
-    } else {
-      record = (await retryLocked(() => this.#kv.get<SessionRecord>(sessionKey(session)))).value;
-      user = record ? await this.#directory.user(record.user) : null;
+      const named = session.slice(0, dash);
+      ahead?.(named);
+      return await this.#sessionOfUser(session, named);
     }
+    // An id made before ids named their user: the record says whose it is.
+    const record = (await retryLocked(() => this.#kv.get<SessionRecord>(sessionKey(session))))
+      .value;
     if (!record || record.expires <= Date.now()) return null;
+    const user = await this.#directory.user(record.user);
+    return user ? { user, session } : null;
+  }
+
+  /**
+   * `session` with its user `id`, read at once: null unless the record exists, is unexpired and
+   * belongs to that user.
+   */
+  async #sessionOfUser(
+    session: string,
+    id: UserId,
+  ): Promise<{ user: UserRecord; session: string } | null> {
+    const [s, u] = await getMany<SessionRecord | UserRecord>(this.#kv, [
+      sessionKey(session),
+      userKey(id),
+    ]);
+    const record = s.value as SessionRecord | null;
+    const user = u.value as UserRecord | null;
+    if (!record || record.expires <= Date.now() || record.user !== id) return null;
     return user ? { user, session } : null;
   }
 
@@ -344,14 +356,6 @@ export class Auth {
       this.#kv.atomic().check(entry).delete(ticketKey(ticket)).commit()
     );
     if (!used.ok) return null;
-    const { user: id, session } = entry.value;
-    const [s, u] = await getMany<SessionRecord | UserRecord>(this.#kv, [
-      sessionKey(session),
-      userKey(id),
-    ]);
-    const record = s.value as SessionRecord | null;
-    const user = u.value as UserRecord | null;
-    if (!record || record.expires <= Date.now() || record.user !== id) return null;
-    return user ? { user, session } : null;
+    return await this.#sessionOfUser(entry.value.session, entry.value.user);
   }
 }

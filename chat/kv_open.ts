@@ -6,11 +6,12 @@
  *
  * @module
  */
+import { isKvConnectUrl } from "./config.ts";
 import { retryLocked } from "./message_log.ts";
 
 /** Whether `path` names a local file (not memory, not a remote KV Connect URL, not the default). */
 export function isLocalKvPath(path: string | undefined): path is string {
-  return path !== undefined && path !== "" && path !== ":memory:" && !/^https?:\/\//.test(path);
+  return path !== undefined && path !== "" && path !== ":memory:" && !isKvConnectUrl(path);
 }
 
 /**

@@ -23,6 +23,48 @@ export function cpuMs(pid: number): number {
   }
 }
 
+/**
+ * CPU time (user + system) in milliseconds of each thread of a process, summed by thread name
+ * (`/proc/<pid>/task/<tid>/stat`): the main thread, KV's SQLite thread `sw-0`, V8's workers.
+ * Threads that ended between two calls are missing from the second.
+ */
+export function threadCpuMs(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  try {
+    for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+      try {
+        const stat = Deno.readTextFileSync(
+          `/proc/${pid}/task/${task.name}/stat`,
+        );
+        const name = task.name === String(pid)
+          ? "main"
+          : stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        const ms = ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+        out[name] = (out[name] ?? 0) + ms;
+      } catch {
+        // The thread ended while we looked.
+      }
+    }
+  } catch {
+    // The process is gone.
+  }
+  return out;
+}
+
+/** Per-thread-name CPU milliseconds spent between two {@linkcode threadCpuMs} samples. */
+export function threadCpuDelta(
+  before: Record<string, number>,
+  after: Record<string, number>,
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, ms] of Object.entries(after)) {
+    const d = ms - (before[name] ?? 0);
+    if (d > 0) out[name] = d;
+  }
+  return out;
+}
+
 /** Resident and peak resident memory of a process in bytes (VmRSS, VmHWM). */
 export function memory(pid: number): { rss: number; hwm: number } {
   try {
@@ -150,7 +192,12 @@ export const OURS_ENV: Record<string, string> = {
 };
 
 /** Targets that speak the load generator's `dm` mode: ours and the Deno relays. */
-export const DM_TARGETS: readonly string[] = ["ours", "relay", "framed", "kvrelay"];
+export const DM_TARGETS: readonly string[] = [
+  "ours",
+  "relay",
+  "framed",
+  "kvrelay",
+];
 
 /** Polls `url` until it answers (true) or 20 s pass (false). */
 export async function waitForHttp(url: string): Promise<boolean> {
@@ -192,6 +239,8 @@ export function loadCommand(options: LoadCommandOptions): string[] {
     options.mode,
     "--max-seconds",
     String(options.maxSeconds),
-    ...Object.entries(options.flags ?? {}).flatMap(([k, v]) => [`--${k}`, String(v)]),
+    ...Object.entries(options.flags ?? {}).flatMap((
+      [k, v],
+    ) => [`--${k}`, String(v)]),
   ];
 }

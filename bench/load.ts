@@ -36,6 +36,8 @@ import {
   round,
   sleep,
   systemBusyMs,
+  threadCpuDelta,
+  threadCpuMs,
 } from "./lib.ts";
 import { indexOfBytes, numberAt, RawSocket } from "./rawws.ts";
 
@@ -835,7 +837,9 @@ async function modeRounds() {
 
 async function modeDm() {
   if (!DM_TARGETS.includes(target)) {
-    throw new Error(`dm mode needs one of ${DM_TARGETS.join(", ")}, got ${target}`);
+    throw new Error(
+      `dm mode needs one of ${DM_TARGETS.join(", ")}, got ${target}`,
+    );
   }
   const rates = (args.rates ?? "5000,10000").split(",").map(Number);
   const offlineFraction = Number(args.offline ?? 0.1);
@@ -1063,12 +1067,20 @@ async function modeIdle() {
   const cli0 = new CpuMeter(Deno.pid);
   // CPU time spent on the opens by each side: what a faster generator would leave the server.
   const srvMs0 = serverPid ? cpuMs(serverPid) : NaN;
+  const threads0 = serverPid ? threadCpuMs(serverPid) : {};
   const cliMs0 = cpuMs(Deno.pid);
   t = performance.now();
   await pool(clients, connectConcurrency, connect);
   const openMs = performance.now() - t;
   const openCliCpu = cli0.percent();
   const openServerCpuMs = serverPid ? cpuMs(serverPid) - srvMs0 : NaN;
+  // Where the server's CPU for the opens went, µs per open by thread (main, KV's sw-0, GC).
+  const openThreadUs = Object.fromEntries(
+    Object.entries(
+      serverPid ? threadCpuDelta(threads0, threadCpuMs(serverPid)) : {},
+    )
+      .map(([name, ms]) => [name, round((ms * 1000) / N, 1)]),
+  );
   const openClientCpuMs = cpuMs(Deno.pid) - cliMs0;
   log(`${N} idle connections joined in ${round(openMs)} ms`);
   await sleep(1000);
@@ -1087,6 +1099,7 @@ async function modeIdle() {
     openServerCpuMs: round(openServerCpuMs),
     openClientCpuMs: round(openClientCpuMs),
     serverCpuUsPerOpen: round((openServerCpuMs * 1000) / N, 1),
+    openThreadUs,
     signInMs: round(signInMs),
     rssBeforeMB: round(before.rss / 1048576, 1),
     rssAfterMB: round(after.rss / 1048576, 1),

@@ -135,7 +135,7 @@ const TARGETS: Record<string, TargetDef> = {
 const haveMain = await exists(`${ROOT}/main.ts`);
 const defaultTargets = quick
   ? ["ours", "relay"]
-  : ["ours", "relay", "ws", "socketio", "uws", "bun"];
+  : ["ours", "relay", "kvrelay", "ws", "socketio", "uws", "bun"];
 const targets = (args.targets ? args.targets.split(",") : defaultTargets)
   .filter((t) => {
     if (!TARGETS[t]) {
@@ -983,7 +983,12 @@ function markdown(): string {
     );
     const relayKnee = w3s.relay?.knee;
     parts.push(table(
-      ["server", "knee (msgs/s, p99 ≤ 20 ms)", "vs relay", "first failing step"],
+      [
+        "server",
+        "knee (msgs/s, p99 ≤ 20 ms)",
+        "vs relay",
+        "first failing step",
+      ],
       Object.entries(w3s).map(([t, r]) => {
         const fail = (r.steps ?? []).find((s: Any) => !s.pass);
         return [
@@ -1051,13 +1056,27 @@ function markdown(): string {
         "still open",
         "client CPU % while opening",
         "server CPU µs per open",
+        "of which main / KV (sw-0) / V8 workers",
         "10k opens in server CPU s",
       ],
       targets.map((t) => {
         const r = w4[t];
         if (!r || r.error) {
-          return [label(t), `error: ${r?.error}`, "", "", "", "", "", "", "", ""];
+          return [
+            label(t),
+            `error: ${r?.error}`,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+          ];
         }
+        const th = r.openThreadUs;
         return [
           label(t),
           fmt(r.openMs, 0),
@@ -1072,6 +1091,14 @@ function markdown(): string {
           `${r.stillOpen}/${r.connections}`,
           fmt(r.openClientCpu, 0),
           fmt(r.serverCpuUsPerOpen, 0),
+          th
+            ? [
+              th.main,
+              th["sw-0"] ?? 0,
+              Object.entries(th).filter(([n]) => n.startsWith("V8"))
+                .reduce((a, [, us]) => a + Number(us), 0),
+            ].map((us) => fmt(Number(us), 0)).join(" / ")
+            : "–",
           r.serverCpuUsPerOpen === undefined ? "–" : fmt(r.serverCpuUsPerOpen / 100, 2),
         ];
       }),

@@ -192,12 +192,7 @@ export const OURS_ENV: Record<string, string> = {
 };
 
 /** Targets that speak the load generator's `dm` mode: ours and the Deno relays. */
-export const DM_TARGETS: readonly string[] = [
-  "ours",
-  "relay",
-  "framed",
-  "kvrelay",
-];
+export const DM_TARGETS: readonly string[] = ["ours", "relay", "framed", "kvrelay"];
 
 /** Polls `url` until it answers (true) or 20 s pass (false). */
 export async function waitForHttp(url: string): Promise<boolean> {
@@ -239,8 +234,6 @@ export function loadCommand(options: LoadCommandOptions): string[] {
     options.mode,
     "--max-seconds",
     String(options.maxSeconds),
-    ...Object.entries(options.flags ?? {}).flatMap((
-      [k, v],
-    ) => [`--${k}`, String(v)]),
+    ...Object.entries(options.flags ?? {}).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ];
 }

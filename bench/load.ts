@@ -837,9 +837,7 @@ async function modeRounds() {
 
 async function modeDm() {
   if (!DM_TARGETS.includes(target)) {
-    throw new Error(
-      `dm mode needs one of ${DM_TARGETS.join(", ")}, got ${target}`,
-    );
+    throw new Error(`dm mode needs one of ${DM_TARGETS.join(", ")}, got ${target}`);
   }
   const rates = (args.rates ?? "5000,10000").split(",").map(Number);
   const offlineFraction = Number(args.offline ?? 0.1);

@@ -983,12 +983,7 @@ function markdown(): string {
     );
     const relayKnee = w3s.relay?.knee;
     parts.push(table(
-      [
-        "server",
-        "knee (msgs/s, p99 ≤ 20 ms)",
-        "vs relay",
-        "first failing step",
-      ],
+      ["server", "knee (msgs/s, p99 ≤ 20 ms)", "vs relay", "first failing step"],
       Object.entries(w3s).map(([t, r]) => {
         const fail = (r.steps ?? []).find((s: Any) => !s.pass);
         return [
@@ -1062,19 +1057,7 @@ function markdown(): string {
       targets.map((t) => {
         const r = w4[t];
         if (!r || r.error) {
-          return [
-            label(t),
-            `error: ${r?.error}`,
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-          ];
+          return [label(t), `error: ${r?.error}`, "", "", "", "", "", "", "", "", ""];
         }
         const th = r.openThreadUs;
         return [

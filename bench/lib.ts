@@ -8,16 +8,18 @@
 /** Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`, 100 on Linux x86-64). */
 export const CLK_TCK = 100;
 
+/** User + system CPU milliseconds in the text of a `/proc/<pid>[/task/<tid>]/stat` file. */
+function statCpuMs(stat: string): number {
+  // The command name may contain spaces: split after the closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // fields[0] is field 3 (state); utime is field 14, stime field 15.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+}
+
 /** CPU time (user + system) of a process in milliseconds, or NaN when it is gone. */
 export function cpuMs(pid: number): number {
   try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    // The command name may contain spaces: split after the closing parenthesis.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // fields[0] is field 3 (state); utime is field 14, stime field 15.
-    const utime = Number(fields[11]);
-    const stime = Number(fields[12]);
-    return ((utime + stime) * 1000) / CLK_TCK;
+    return statCpuMs(Deno.readTextFileSync(`/proc/${pid}/stat`));
   } catch {
     return NaN;
   }
@@ -33,15 +35,11 @@ export function threadCpuMs(pid: number): Record<string, number> {
   try {
     for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
       try {
-        const stat = Deno.readTextFileSync(
-          `/proc/${pid}/task/${task.name}/stat`,
-        );
+        const stat = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/stat`);
         const name = task.name === String(pid)
           ? "main"
           : stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        const ms = ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
-        out[name] = (out[name] ?? 0) + ms;
+        out[name] = (out[name] ?? 0) + statCpuMs(stat);
       } catch {
         // The thread ended while we looked.
       }

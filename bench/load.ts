@@ -1073,11 +1073,9 @@ async function modeIdle() {
   const openCliCpu = cli0.percent();
   const openServerCpuMs = serverPid ? cpuMs(serverPid) - srvMs0 : NaN;
   // Where the server's CPU for the opens went, µs per open by thread (main, KV's sw-0, GC).
+  const openThreads = serverPid ? threadCpuDelta(threads0, threadCpuMs(serverPid)) : {};
   const openThreadUs = Object.fromEntries(
-    Object.entries(
-      serverPid ? threadCpuDelta(threads0, threadCpuMs(serverPid)) : {},
-    )
-      .map(([name, ms]) => [name, round((ms * 1000) / N, 1)]),
+    Object.entries(openThreads).map(([name, ms]) => [name, round((ms * 1000) / N, 1)]),
   );
   const openClientCpuMs = cpuMs(Deno.pid) - cliMs0;
   log(`${N} idle connections joined in ${round(openMs)} ms`);

@@ -1,22 +1,58 @@
 /**
- * The CPU one commit costs on a local Deno KV file when commits are spread out (a message every
- * few milliseconds, as in the fan-out workload), not back to back as in `bench/kv_ceiling.ts`.
- * Commits at a fixed rate for a few seconds, each after a timer, and reports the process's CPU
- * (main thread and KV's SQLite thread, from /proc/self/stat) per commit, for:
+ * The CPU and wall time one commit costs on a local Deno KV file when commits are spread out (a
+ * message every few milliseconds, as in the fan-out workload), not back to back as in
+ * `bench/kv_ceiling.ts`. Commits at a fixed rate for a few seconds, each after a timer, and
+ * reports the process's CPU (main thread and KV's SQLite thread, from /proc/self/stat) per commit
+ * and the commit's wall time (p50, p99), for shapes that add our log's parts one at a time:
  * - `timer`: the timer alone, no commit (the price of waking up);
  * - `one`: one `set`;
- * - `log`: what `chat/message_log.ts` writes for one message (head and dedupe checks, message and
- *   dedupe key expiring, head, relay entry and counter);
+ * - `kvrelay`: the message and the head, as `bench/peers/deno_kv_relay.ts` writes;
+ * - `checks`: and the head and dedupe checks;
+ * - `dedupe`: and the dedupe key;
+ * - `solo`: and `expireIn` on the message and the dedupe key: what `chat/message_log.ts` writes
+ *   for one message on a node alone on its KV;
+ * - `solo+prune`: and the delete of an older message (retention by count);
+ * - `log`: `solo` with the KV bus's relay entry and counter;
  * - `log+watch`: the same while the process watches the relay counter, as the KV bus does;
- * - `solo`: the log's commit without the relay entry and counter (a node alone on its KV);
- * - `solo+watch`: the same while the process watches the relay counter and the node registry,
+ * - `solo+watch`: `solo` while the process watches the relay counter and the node registry,
  *   keys these commits do not write (what the KV bus of a node alone keeps).
  *
  *   taskset -c 0 deno run -A --unstable-kv bench/kv_commit_cost.ts [--rate 200] [--seconds 4]
  *
  * @module
  */
-import { cpuMs, parseArgs, round } from "./lib.ts";
+import { cpuMs, Histogram, parseArgs, round } from "./lib.ts";
+
+/** What one commit writes: each part is a piece of our message log's commit. */
+interface Shape {
+  /** The message, under its sequence number. */
+  message?: boolean;
+  /** The conversation's head. */
+  head?: boolean;
+  /** Checks of the head's versionstamp and of the dedupe key's absence. */
+  checks?: boolean;
+  /** The dedupe key. */
+  dedupe?: boolean;
+  /** `expireIn` on the message and the dedupe key. */
+  expire?: boolean;
+  /** The delete of the message `PRUNE_BEHIND` older (retention by count). */
+  prune?: boolean;
+  /** The KV bus's relay entry and counter. */
+  relay?: boolean;
+}
+
+const LOG: Shape = { message: true, head: true, checks: true, dedupe: true, expire: true };
+const SHAPES: Record<string, Shape> = {
+  timer: {},
+  one: { message: true },
+  kvrelay: { message: true, head: true },
+  checks: { message: true, head: true, checks: true },
+  dedupe: { message: true, head: true, checks: true, dedupe: true },
+  solo: LOG,
+  "solo+prune": { ...LOG, prune: true },
+  log: { ...LOG, relay: true },
+};
+const PRUNE_BEHIND = 100;
 
 const args = parseArgs(Deno.args);
 const rate = Number(args.rate ?? 200);
@@ -34,8 +70,11 @@ async function run(shape: string): Promise<Record<string, unknown>> {
       for await (const _ of kv.watch(keys)) if (!watching) break;
     })().catch(() => {});
   }
+  const walls = new Histogram();
   let seq = 0;
   let head: string | null = null;
+  const parts = SHAPES[shape.replace("+watch", "")];
+  if (!parts) throw new Error(`Expected a shape of ${Object.keys(SHAPES)}, got "${shape}"`);
   const commit = async () => {
     seq++;
     const message = {
@@ -49,22 +88,26 @@ async function run(shape: string): Promise<Record<string, unknown>> {
       kind: "text",
     };
     const atomic = kv.atomic();
-    if (shape === "one") atomic.set(["m", seq], message);
-    else {
-      const expireIn = 30 * 86_400_000;
+    const expire = parts.expire ? { expireIn: 30 * 86_400_000 } : undefined;
+    if (parts.message) atomic.set(["msg", "g:bench", seq], message, expire);
+    if (parts.checks) {
       atomic.check({ key: ["head", "g:bench"], versionstamp: head });
-      atomic.check({ key: ["d", "u_bench", message.id], versionstamp: null });
-      atomic.set(["m", "g:bench", seq], message, { expireIn });
-      atomic.set(["d", "u_bench", message.id], { conv: "g:bench", seq }, { expireIn });
-      atomic.set(["head", "g:bench"], seq);
-      if (!shape.startsWith("solo")) {
-        atomic.set(["relay", "log", kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
-          expireIn: 600_000,
-        });
-        atomic.sum(["relay", "count"], 1n);
-      }
+      atomic.check({ key: ["dedupe", "u_bench", message.id], versionstamp: null });
     }
+    if (parts.dedupe) {
+      atomic.set(["dedupe", "u_bench", message.id], { conv: "g:bench", seq }, expire);
+    }
+    if (parts.head) atomic.set(["head", "g:bench"], seq);
+    if (parts.prune && seq > PRUNE_BEHIND) atomic.delete(["msg", "g:bench", seq - PRUNE_BEHIND]);
+    if (parts.relay) {
+      atomic.set(["relay", "log", kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
+        expireIn: 600_000,
+      });
+      atomic.sum(["relay", "count"], 1n);
+    }
+    const started = performance.now();
     const result = await atomic.commit();
+    walls.add(performance.now() - started);
     if (!result.ok) throw new Error(`Expected the commit to pass its checks, it failed`);
     head = result.versionstamp;
   };
@@ -86,11 +129,14 @@ async function run(shape: string): Promise<Record<string, unknown>> {
     rate,
     cpuPercent: round((cpu / 10) / elapsed, 1),
     cpuMicrosPerCommit: round((cpu * 1000) / n, 0),
+    wallP50Ms: round(walls.quantile(0.5), 2),
+    wallP99Ms: round(walls.quantile(0.99), 2),
   };
 }
 
 const rows = [];
-const shapes = (args.shapes ?? "timer,one,log,log+watch,solo,solo+watch").split(",");
+const shapes = (args.shapes ?? "timer,one,kvrelay,checks,dedupe,solo,solo+prune,log,log+watch")
+  .split(",");
 for (const shape of shapes) rows.push(await run(shape));
 console.table(rows);
 Deno.exit(0);

@@ -23,6 +23,9 @@
  * - `catchup`: (ours) a client misses 300 lobby messages, then resumes: time to catch up.
  * - `burst`: bursts of `--bursts` messages sent at once; time until every client has them all.
  *
+ * Clients of `ours` open `/ws?batch=1`, as the web client does: the frames of one server tick
+ * come as one `batch` frame. `--batch false` asks for single frames only.
+ *
  * @module
  */
 import {
@@ -176,7 +179,7 @@ function socketIoAdapter(): Adapter {
 
 function oursAdapter(): Adapter {
   return {
-    wsUrl: `${wsBase}/ws`,
+    wsUrl: `${wsBase}/ws${args.batch === "false" ? "" : "?batch=1"}`,
     headers: (c) => ({ authorization: `Bearer ${c.token}`, origin: base }),
     onOpen: () => {},
     onFrame: (c, data) => {
@@ -280,6 +283,10 @@ const sKeyBytes = new TextEncoder().encode(sKey);
 
 function handleText(c: Client, data: unknown) {
   if (typeof data !== "string") return;
+  if (data.startsWith('{"type":"batch"')) {
+    for (const f of JSON.parse(data).frames) handleText(c, JSON.stringify(f));
+    return;
+  }
   const k = data.startsWith(benchPrefix) ? data.indexOf(tKey) : -1;
   if (k >= 0) {
     c.received++;

@@ -316,6 +316,12 @@ export class RawSocket {
   }
 
   #message(buf: Uint8Array, start: number, end: number) {
+    if (startsWith(buf, start, end, BATCH)) {
+      for (const [s, e] of batchElements(buf, start + BATCH.length, end)) this.#one(buf, s, e);
+    } else this.#one(buf, start, end);
+  }
+
+  #one(buf: Uint8Array, start: number, end: number) {
     const prefix = this.#prefix;
     let k = end - start >= prefix.length ? 0 : -1;
     for (let j = 0; k === 0 && j < prefix.length; j++) {
@@ -336,6 +342,39 @@ export class RawSocket {
 }
 
 const CRLF2 = encoder.encode("\r\n\r\n");
+/** How a batch frame of ours starts: its elements follow (docs/protocol.md). */
+const BATCH = encoder.encode('{"type":"batch","frames":[');
+
+function startsWith(buf: Uint8Array, start: number, end: number, prefix: Uint8Array): boolean {
+  if (end - start < prefix.length) return false;
+  for (let j = 0; j < prefix.length; j++) if (buf[start + j] !== prefix[j]) return false;
+  return true;
+}
+
+/**
+ * The [start, end) byte ranges of the JSON objects in the array that begins at `from` (just past
+ * its `[`): a scan that tracks strings and nesting, cheaper than decoding and parsing the text.
+ */
+export function batchElements(buf: Uint8Array, from: number, end: number): [number, number][] {
+  const out: [number, number][] = [];
+  let depth = 0;
+  let inString = false;
+  let begin = -1;
+  for (let i = from; i < end; i++) {
+    const b = buf[i];
+    if (inString) {
+      if (b === 0x5c) i++; // backslash: skip the escaped byte
+      else if (b === 0x22) inString = false;
+    } else if (b === 0x22) inString = true;
+    else if (b === 0x7b || b === 0x5b) {
+      if (depth++ === 0) begin = i;
+    } else if (b === 0x7d || b === 0x5d) {
+      if (depth === 0) break; // the array's `]`
+      if (--depth === 0) out.push([begin, i + 1]);
+    }
+  }
+  return out;
+}
 
 /** A masked client frame with a zero masking key. */
 function frame(opcode: number, body: Uint8Array): Uint8Array {

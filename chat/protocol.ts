@@ -334,6 +334,11 @@ export type ServerFrame =
   | { type: "read"; conv: ConversationId; seq: number }
   | { type: "pong"; t?: number }
   | { type: "reconnect"; reason: string }
+  /**
+   * The frames of one tick, in order, as one WebSocket frame: only to a socket opened with
+   * `?batch=1` (routes/socket_outbox.ts), and never around a lone frame.
+   */
+  | { type: "batch"; frames: ServerFrame[] }
   | {
     type: "error";
     code: ErrorCode;

@@ -23,6 +23,7 @@ import {
   socketCounts,
 } from "./socket_policy.ts";
 import { addressOf, authenticate, originAllowed } from "./session.ts";
+import { SocketOutbox } from "./socket_outbox.ts";
 
 export { originAllowed };
 
@@ -100,14 +101,16 @@ export function upgrade(
     idleTimeout: node.config.CHAT_IDLE_TIMEOUT_SECONDS,
   });
   const closer = politeCloser(socket);
+  const outbox = new SocketOutbox(socket, { batch: c.req.query("batch") === "1" });
   const conn: Connection = {
     id: randomId(16),
     user: { id: user.id, name: user.name },
-    send: (data) => {
-      if (socket.readyState === WebSocket.OPEN) socket.send(data);
+    send: (data) => outbox.send(data),
+    bufferedAmount: () => socket.bufferedAmount + outbox.pendingChars,
+    close: (code, reason) => {
+      outbox.flush();
+      closer.close(code, reason);
     },
-    bufferedAmount: () => socket.bufferedAmount,
-    close: closer.close,
   };
   // Counted from the upgrade, not from `open`: concurrent handshakes cannot pass the limits.
   const { users, addresses } = socketCounts(node);

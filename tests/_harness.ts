@@ -118,6 +118,8 @@ export type Frame = ServerFrame & Record<string, any>;
 export class TestClient {
   readonly socket: WebSocket;
   readonly frames: Frame[] = [];
+  /** Every WebSocket frame as it came (a batch frame once, before it is unpacked). */
+  readonly received: string[] = [];
   readonly opened: Promise<void>;
   readonly closed: Promise<CloseEvent>;
   #waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
@@ -134,21 +136,29 @@ export class TestClient {
     });
     this.closed = new Promise((resolve) => this.socket.onclose = (e) => resolve(e));
     this.socket.onmessage = (event) => {
+      this.received.push(event.data);
       const frame = JSON.parse(event.data) as Frame;
-      this.frames.push(frame);
-      const i = this.#waiters.findIndex((w) => w.match(frame));
-      if (i >= 0) this.#waiters.splice(i, 1)[0].resolve(frame);
+      for (const f of frame.type === "batch" ? frame.frames as Frame[] : [frame]) {
+        this.frames.push(f);
+        const i = this.#waiters.findIndex((w) => w.match(f));
+        if (i >= 0) this.#waiters.splice(i, 1)[0].resolve(f);
+      }
     };
     this.opened.catch(() => {});
   }
 
-  /** Connects, waits for the welcome and resumes (`since`, default nothing). */
+  /**
+   * Connects, waits for the welcome and resumes (`since`, default nothing). Asks for batch
+   * frames (`?batch=1`, as the web client does) unless `batch` is false; either way `frames`
+   * holds single frames.
+   */
   static async connect(
     server: { ws: string },
     token: string,
     since: Record<string, number> = {},
+    batch = true,
   ): Promise<TestClient> {
-    const client = new TestClient(`${server.ws}/ws`, { token });
+    const client = new TestClient(`${server.ws}/ws${batch ? "?batch=1" : ""}`, { token });
     await client.opened;
     client.welcome = await client.next("welcome");
     client.send({ type: "resume", since });

@@ -268,7 +268,7 @@ Deno.test({
       type Data = Parameters<WebSocketRoute["send"]>[0];
       const held: Data[] = [];
       let toPage = (_m: Data) => {};
-      await carol.context.routeWebSocket(/\/ws$/, (ws) => {
+      await carol.context.routeWebSocket(/\/ws(\?|$)/, (ws) => {
         const upstream = ws.connectToServer();
         ws.onMessage((m) => upstream.send(m));
         toPage = (m) => ws.send(m);
@@ -345,6 +345,12 @@ Deno.test({
     const browser = await launchChromium();
     try {
       const dana = await openUser(browser, server.url, "Dana");
+      // The page asks for batch frames (`/ws?batch=1`): a resume's replay comes in one.
+      let batches = 0;
+      dana.page.on("websocket", (ws) =>
+        ws.on("framereceived", (f) => {
+          if (String(f.payload).startsWith('{"type":"batch"')) batches++;
+        }));
       await shows(dana.page, "seed 70");
       const seeds = async () =>
         (await shownMessages(dana.page)).filter((m) => m.text.startsWith("seed "));
@@ -414,6 +420,7 @@ Deno.test({
       await dana.page.waitForSelector(tid("message", `[data-id="${id}"][data-status="sent"]`));
       assert.equal(await pending.count(), 0);
       await shows(dana.page, "while you were away 2");
+      assert.ok(batches > 0, "the page got batch frames and showed what they held");
       const expected = [
         "hello before reload",
         "before the restart",

@@ -14,7 +14,8 @@ const DEAD_AFTER_MS = 60_000;
 const QUICK_CODES = new Set([1001, 1012, 1013]);
 
 function socketUrl() {
-  return (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws";
+  // `batch=1`: the frames of one server tick arrive as one `batch` frame (docs/protocol.md).
+  return (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws?batch=1";
 }
 
 export class Connection {
@@ -100,6 +101,14 @@ export class Connection {
       } catch {
         return;
       }
+      if (frame?.type === "batch" && Array.isArray(frame.frames)) {
+        for (const f of frame.frames) {
+          if (this.ws !== ws) return;
+          handle(f);
+        }
+      } else handle(frame);
+    };
+    const handle = (frame) => {
       if (!frame || typeof frame.type !== "string") return;
       if (frame.type === "welcome") {
         welcomed = true;

@@ -1,0 +1,112 @@
+/**
+ * Frames bound for one socket, coalesced per tick for a client that asked for it.
+ *
+ * Every WebSocket frame the server sends is a `send` system call, and on a busy server those
+ * calls are most of its CPU (`docs/benchmarks.md`). When a commit stores several messages of a
+ * conversation, each member gets several frames in the same tick. A client that opens its socket
+ * with `?batch=1` gets them as one `{"type":"batch","frames":[…]}` frame instead: the frames are
+ * already serialized, so the batch is a string join, and nothing waits for it (the outbox is
+ * flushed at the end of the tick that filled it). A lone frame is never wrapped. Clients that do
+ * not ask get every frame on its own, as before.
+ *
+ * @module
+ */
+
+/** What the outbox writes to: a WebSocket, or anything with its `readyState` and `send`. */
+export interface FrameSink {
+  readonly readyState: number;
+  send(data: string): void;
+}
+
+/** Options of {@linkcode SocketOutbox}. */
+export interface SocketOutboxOptions {
+  /** Coalesce the frames of a tick into one batch frame (the client asked with `?batch=1`). */
+  batch: boolean;
+  /** Frames per batch frame at most (default 256); more go out in further batch frames. */
+  maxFrames?: number;
+  /** Characters per batch frame at most (default 256 KiB), unless one frame is longer. */
+  maxChars?: number;
+}
+
+/** `WebSocket.OPEN`, as a constant so the module also runs where `WebSocket` is absent. */
+const OPEN = 1;
+
+/** The batch frame holding `frames` (each a serialized server frame), in order. */
+export function batchFrame(frames: readonly string[]): string {
+  return `{"type":"batch","frames":[${frames.join(",")}]}`;
+}
+
+/**
+ * Sends text frames to one socket, in order: at once, or (with `batch`) at the end of the tick,
+ * the tick's frames as one batch frame.
+ *
+ * @example
+ * ```ts
+ * const outbox = new SocketOutbox(socket, { batch: true });
+ * outbox.send('{"type":"pong","t":1}');
+ * outbox.send('{"type":"pong","t":2}');
+ * // At the end of the tick, one frame goes out:
+ * // {"type":"batch","frames":[{"type":"pong","t":1},{"type":"pong","t":2}]}
+ * ```
+ */
+export class SocketOutbox {
+  readonly #sink: FrameSink;
+  readonly #batch: boolean;
+  readonly #maxFrames: number;
+  readonly #maxChars: number;
+  #pending: string[] = [];
+  #chars = 0;
+  #scheduled = false;
+  readonly #flushLater = () => {
+    this.#scheduled = false;
+    this.flush();
+  };
+
+  constructor(sink: FrameSink, options: SocketOutboxOptions) {
+    this.#sink = sink;
+    this.#batch = options.batch;
+    this.#maxFrames = options.maxFrames ?? 256;
+    this.#maxChars = options.maxChars ?? 256 * 1024;
+  }
+
+  /** Characters queued in the outbox and not yet handed to the socket. */
+  get pendingChars(): number {
+    return this.#chars;
+  }
+
+  /** Sends a frame, or queues it for the end of the tick; never throws. */
+  send(data: string): void {
+    if (!this.#batch) {
+      this.#write(data);
+      return;
+    }
+    if (
+      this.#pending.length >= this.#maxFrames ||
+      (this.#pending.length > 0 && this.#chars + data.length > this.#maxChars)
+    ) this.flush();
+    this.#pending.push(data);
+    this.#chars += data.length;
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(this.#flushLater);
+    }
+  }
+
+  /** Hands the queued frames to the socket now (before a close, say). */
+  flush(): void {
+    const frames = this.#pending;
+    if (frames.length === 0) return;
+    this.#pending = [];
+    this.#chars = 0;
+    this.#write(frames.length === 1 ? frames[0] : batchFrame(frames));
+  }
+
+  #write(data: string): void {
+    if (this.#sink.readyState !== OPEN) return;
+    try {
+      this.#sink.send(data);
+    } catch {
+      // Closed meanwhile: the close handler cleans up.
+    }
+  }
+}

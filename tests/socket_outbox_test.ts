@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { batchFrame, SocketOutbox } from "../routes/socket_outbox.ts";
+
+/** A socket stand-in that records what is sent (the outbox's only contact with the socket). */
+function sink(readyState = 1) {
+  const sent: string[] = [];
+  return { sent, readyState, send: (data: string) => void sent.push(data) };
+}
+
+const tick = () => new Promise<void>((r) => queueMicrotask(r));
+
+Deno.test("outbox without batch: every frame goes out at once, on its own", () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: false });
+  outbox.send('{"type":"pong","t":1}');
+  outbox.send('{"type":"pong","t":2}');
+  assert.deepEqual(s.sent, ['{"type":"pong","t":1}', '{"type":"pong","t":2}']);
+  assert.equal(outbox.pendingChars, 0);
+});
+
+Deno.test("outbox with batch: a tick's frames go out as one batch frame, in order", async () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: true });
+  const frames = ['{"type":"pong","t":1}', '{"type":"message","seq":2}', '{"type":"ack","id":"x"}'];
+  for (const f of frames) outbox.send(f);
+  assert.deepEqual(s.sent, [], "nothing is sent before the end of the tick");
+  assert.equal(outbox.pendingChars, frames.join("").length);
+  await tick();
+  assert.equal(s.sent.length, 1);
+  assert.deepEqual(JSON.parse(s.sent[0]), {
+    type: "batch",
+    frames: frames.map((f) => JSON.parse(f)),
+  });
+  assert.equal(s.sent[0], batchFrame(frames));
+  assert.equal(outbox.pendingChars, 0);
+});
+
+Deno.test("outbox with batch: a lone frame is not wrapped; each tick flushes its own", async () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: true });
+  outbox.send('{"type":"pong","t":1}');
+  await tick();
+  outbox.send('{"type":"pong","t":2}');
+  outbox.send('{"type":"pong","t":3}');
+  await tick();
+  assert.deepEqual(s.sent, [
+    '{"type":"pong","t":1}',
+    '{"type":"batch","frames":[{"type":"pong","t":2},{"type":"pong","t":3}]}',
+  ]);
+});
+
+Deno.test("outbox with batch: frame and size limits split a tick into several frames", async () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: true, maxFrames: 2, maxChars: 30 });
+  for (let i = 0; i < 5; i++) outbox.send(`{"i":${i}}`);
+  const big = `{"text":"${"x".repeat(40)}"}`;
+  outbox.send(big);
+  await tick();
+  const got = s.sent.map((f) => JSON.parse(f));
+  assert.deepEqual(got, [
+    { type: "batch", frames: [{ i: 0 }, { i: 1 }] },
+    { type: "batch", frames: [{ i: 2 }, { i: 3 }] },
+    { i: 4 },
+    { text: "x".repeat(40) },
+  ]);
+});
+
+Deno.test("outbox: flush sends now; a closed or failing socket drops frames without throwing", async () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: true });
+  outbox.send('{"type":"reconnect"}');
+  outbox.flush();
+  assert.deepEqual(s.sent, ['{"type":"reconnect"}']);
+  await tick();
+  assert.equal(s.sent.length, 1, "the scheduled flush finds nothing left");
+
+  const closed = sink(3);
+  const dropping = new SocketOutbox(closed, { batch: true });
+  dropping.send("{}");
+  await tick();
+  assert.deepEqual(closed.sent, []);
+  assert.equal(dropping.pendingChars, 0);
+
+  const failing = {
+    readyState: 1,
+    send: () => {
+      throw new Error("closed meanwhile");
+    },
+  };
+  new SocketOutbox(failing, { batch: false }).send("{}");
+  const later = new SocketOutbox(failing, { batch: true });
+  later.send("{}");
+  later.send("{}");
+  await tick();
+});

@@ -10,6 +10,10 @@
  * messages (ours and the Deno relays), w4 idle connections, w5 history page and catch-up (ours),
  * w6 two workers, w7 slow consumers.
  *
+ * Targets: `ours` (its clients ask for batch frames, as the web client does), `single` (ours with
+ * clients that do not: one WebSocket frame per server frame, like every peer), and the peers
+ * `relay`, `framed`, `kvrelay`, `ws`, `socketio`, `uws`, `bun`.
+ *
  * @module
  */
 import {
@@ -44,6 +48,10 @@ interface TargetDef {
   cmd(port: number, opts: ServerOpts): string[];
   env?(opts: ServerOpts): Record<string, string>;
   node?: boolean;
+  /** The load generator's `--target` for it, when not its name. */
+  loadAs?: string;
+  /** Flags the load generator gets for it. */
+  loadFlags?: Record<string, string>;
 }
 
 interface ServerOpts {
@@ -73,6 +81,14 @@ const TARGETS: Record<string, TargetDef> = {
       DENO_JOBS: String(o.workers ?? 1),
       ...o.env,
     }),
+  },
+  single: {
+    name: "single",
+    label: "ours, single frames",
+    cmd: (port, o) => TARGETS.ours.cmd(port, o),
+    env: (o) => TARGETS.ours.env!(o),
+    loadAs: "ours",
+    loadFlags: { batch: "false" },
   },
   relay: {
     name: "relay",
@@ -143,7 +159,7 @@ const targets = (args.targets ? args.targets.split(",") : defaultTargets)
         `unknown target ${t}; known: ${Object.keys(TARGETS).join(", ")}`,
       );
     }
-    if (t === "ours" && !haveMain) {
+    if ((t === "ours" || t === "single") && !haveMain) {
       console.error("main.ts does not exist yet: skipping ours");
       return false;
     }
@@ -320,13 +336,14 @@ async function load(
   await waitQuiet(server, `${server.target} ${mode} ${opts.clients ?? ""}`);
   // The smoke run stays within its minute: no second measurement of noisy steps.
   if (quick && opts.retries === undefined) opts = { ...opts, retries: 0 };
+  const def = TARGETS[server.target];
   const cmd = loadCommand({
-    target: server.target,
+    target: def?.loadAs ?? server.target,
     url: server.url,
     serverPid: server.pid,
     mode,
     maxSeconds: timeoutS,
-    flags: opts,
+    flags: { ...def?.loadFlags, ...opts },
   });
   const child = new Deno.Command("bash", {
     args: [

@@ -500,12 +500,9 @@ export class Hub {
   // ---- ordered fan-out --------------------------------------------------------------------
 
   /**
-   * The fan-out state of a conversation, created from where its connections are: they are all
-   * live (or held) and need everything after their cursor, however far the log has gone.
-   */
-  /**
    * The fan-out state of `conv`, started (when new) at the lowest cursor in its room, or at
-   * `empty` when the room is empty.
+   * `empty` when the room is empty: its connections are all live (or held) and need everything
+   * after their cursor, however far the log has gone.
    */
   #stateOf(conv: ConversationId, room: Set<Member>, empty: number): ConvState {
     let state = this.#convs.get(conv);

@@ -10,7 +10,6 @@ import type { Bus } from "./bus.ts";
 import { MultiBus } from "./bus.ts";
 import { BroadcastBus } from "./bus_broadcast.ts";
 import { KvBus } from "./bus_kv.ts";
-import { RedisBus } from "./bus_redis.ts";
 import type { Config } from "./config.ts";
 import { Directory, randomId } from "./directory.ts";
 import { Hub } from "./hub.ts";
@@ -58,22 +57,26 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
   const logger = createLogger(config.CHAT_LOG_LEVEL, id);
   const metrics = new Metrics();
   const kinds = config.CHAT_BUS.filter((k) => k !== "none");
-  const buses: Bus[] = options.buses ?? kinds.map((kind): Bus => {
+  const buses: Bus[] = options.buses ?? await Promise.all(kinds.map(async (kind): Promise<Bus> => {
     switch (kind) {
       case "broadcast":
         return new BroadcastBus("chat");
       case "kv":
         return new KvBus(kv, { node: id, appendsInLog: true });
-      case "redis":
+      case "redis": {
+        // Loaded only when asked for: the Redis client's modules take about half a second of CPU
+        // to load, at every start of every isolate.
+        const { RedisBus } = await import("./bus_redis.ts");
         return new RedisBus({
           url: config.REDIS_URL,
           node: id,
           channel: config.CHAT_REDIS_CHANNEL,
         });
+      }
       default:
         throw new TypeError(`Unknown bus: ${kind}`);
     }
-  });
+  }));
   const bus = metrics.measure(new MultiBus(buses));
   const relay = buses.find((b): b is KvBus => b instanceof KvBus);
   // The hub is created below; the log calls it on each commit.

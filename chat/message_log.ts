@@ -34,9 +34,10 @@ export interface AppendInput {
   meta?: ChatMessage["meta"];
   /**
    * A key that must be absent when the message is stored, checked in the same commit (a block,
-   * say): if it is present, the append rejects with `error` and nothing is stored.
+   * say): if it is present, the append rejects with what `error` builds (only then: an error
+   * captures a stack, and nearly every append passes) and nothing is stored.
    */
-  refuseIf?: { key: Deno.KvKey; error: Error };
+  refuseIf?: { key: Deno.KvKey; error: () => Error };
 }
 
 /** The stored message, and whether it had been stored before. */
@@ -359,7 +360,7 @@ export class MessageLog {
       if (guarded.length) {
         const present = await getMany(this.#kv, guarded.map((p) => p.input.refuseIf!.key));
         const refused = guarded.filter((_, i) => present[i].versionstamp !== null);
-        for (const p of refused) p.reject(p.input.refuseIf!.error);
+        for (const p of refused) p.reject(p.input.refuseIf!.error());
         if (refused.length) unique = unique.filter((p) => !refused.includes(p));
       }
     }

@@ -542,7 +542,8 @@ export class ChatService {
       }
       return {
         key: blockKey(peer, user.id),
-        error: new ChatError("forbidden", "Cannot send: this user does not accept your messages"),
+        error: () =>
+          new ChatError("forbidden", "Cannot send: this user does not accept your messages"),
       };
     }
     if (!(await this.#canUse(user, conv, connId))) throw notFound(conv);

@@ -251,7 +251,7 @@ Deno.test("log: an append refused by a present key stores nothing, and its batch
   await withLog({}, async (log, kv) => {
     const blocked = ["block", "u2", "u1"];
     const refused = new Error("blocked");
-    const guard = { key: blocked, error: refused };
+    const guard = { key: blocked, error: () => refused };
     // Absent: stored like any other.
     const first = await log.append({ ...input("d:u1:u2", "m1"), refuseIf: guard });
     assert.equal(first.message.seq, 1);

@@ -31,6 +31,20 @@ export interface SocketOutboxOptions {
 /** `WebSocket.OPEN`, as a constant so the module also runs where `WebSocket` is absent. */
 const OPEN = 1;
 
+/**
+ * Outboxes with frames queued in this tick: one microtask flushes them all (one per socket
+ * would cost a microtask per member of a group for every message).
+ */
+const dirty: SocketOutbox[] = [];
+let scheduled = false;
+
+function flushAll(): void {
+  scheduled = false;
+  // A flush cannot queue frames (sending calls no JavaScript), so the list does not grow here.
+  for (let i = 0; i < dirty.length; i++) dirty[i].flush();
+  dirty.length = 0;
+}
+
 /** The batch frame holding `frames` (each a serialized server frame), in order. */
 export function batchFrame(frames: readonly string[]): string {
   return `{"type":"batch","frames":[${frames.join(",")}]}`;
@@ -56,11 +70,6 @@ export class SocketOutbox {
   readonly #maxChars: number;
   #pending: string[] = [];
   #chars = 0;
-  #scheduled = false;
-  readonly #flushLater = () => {
-    this.#scheduled = false;
-    this.flush();
-  };
 
   constructor(sink: FrameSink, options: SocketOutboxOptions) {
     this.#sink = sink;
@@ -84,12 +93,15 @@ export class SocketOutbox {
       this.#pending.length >= this.#maxFrames ||
       (this.#pending.length > 0 && this.#chars + data.length > this.#maxChars)
     ) this.flush();
+    if (this.#pending.length === 0) {
+      dirty.push(this);
+      if (!scheduled) {
+        scheduled = true;
+        queueMicrotask(flushAll);
+      }
+    }
     this.#pending.push(data);
     this.#chars += data.length;
-    if (!this.#scheduled) {
-      this.#scheduled = true;
-      queueMicrotask(this.#flushLater);
-    }
   }
 
   /** Hands the queued frames to the socket now (before a close, say). */

@@ -93,3 +93,24 @@ Deno.test("outbox: flush sends now; a closed or failing socket drops frames with
   later.send("{}");
   await tick();
 });
+
+Deno.test("outbox with batch: every socket's frames of a tick go out at its end", async () => {
+  const sinks = [sink(), sink(), sink()];
+  const outboxes = sinks.map((s) => new SocketOutbox(s, { batch: true }));
+  outboxes[0].send('{"a":1}');
+  outboxes[1].send('{"b":1}');
+  outboxes[0].send('{"a":2}');
+  outboxes[2].send('{"c":1}');
+  assert.deepEqual(sinks.map((s) => s.sent.length), [0, 0, 0]);
+  await tick();
+  assert.deepEqual(sinks.map((s) => s.sent), [
+    ['{"type":"batch","frames":[{"a":1},{"a":2}]}'],
+    ['{"b":1}'],
+    ['{"c":1}'],
+  ]);
+  // The next tick starts afresh.
+  outboxes[1].send('{"b":2}');
+  await tick();
+  assert.deepEqual(sinks[1].sent, ['{"b":1}', '{"b":2}']);
+  assert.deepEqual(outboxes.map((o) => o.pendingChars), [0, 0, 0]);
+});

@@ -2,7 +2,10 @@
  * Profiles our server under the fan-out workload and names the hot functions.
  *
  *   deno run -A bench/profile.ts [--clients 500] [--rate 50000] [--seconds 8] [--top 25]
- *   deno run -A bench/profile.ts --summarize path/to/CPU.cpuprofile
+ *   deno run -A bench/profile.ts --summarize path/to/CPU.cpuprofile [--skip 6]
+ *
+ * `--skip S` leaves the profile's first S seconds out of the tables (the start, the sign-ins and
+ * the opens), to see the steady state.
  *
  * Starts `deno serve --cpu-prof main.ts` on core 0 (limits raised as in bench/run.ts), runs one
  * open-loop fan-out step from core 1, stops the server with SIGTERM (the profile is written on
@@ -45,8 +48,11 @@ function where(n: ProfileNode): string {
   return `${name} ${url}:${f.lineNumber + 1}`;
 }
 
-/** Self and total time per function (ms), largest first. */
-export function summarize(profile: Profile, top = 25): string {
+/**
+ * Self and total time per function (ms), largest first; `skipS` leaves out the first seconds of
+ * the profile (a server's start, sign-ins and opens before the steady state).
+ */
+export function summarize(profile: Profile, top = 25, skipS = 0): string {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of profile.nodes) {
@@ -56,7 +62,10 @@ export function summarize(profile: Profile, top = 25): string {
   const nodeTime = new Map<number, number>();
   const samples = profile.samples ?? [];
   const deltas = profile.timeDeltas ?? [];
+  let at = 0;
   for (let i = 0; i < samples.length; i++) {
+    at += deltas[i] ?? 0;
+    if (at < skipS * 1e6) continue;
     const dt = deltas[i + 1] ?? 0;
     nodeTime.set(samples[i], (nodeTime.get(samples[i]) ?? 0) + dt);
   }
@@ -99,9 +108,10 @@ export function summarize(profile: Profile, top = 25): string {
 if (import.meta.main) {
   const args = parseArgs(Deno.args);
   const top = Number(args.top ?? 25);
+  const skip = Number(args.skip ?? 0);
   if (args.summarize) {
     console.log(
-      summarize(JSON.parse(await Deno.readTextFile(args.summarize)), top),
+      summarize(JSON.parse(await Deno.readTextFile(args.summarize)), top, skip),
     );
     Deno.exit(0);
   }
@@ -176,6 +186,6 @@ if (import.meta.main) {
   for (const f of files) {
     const path = `${dir}/${f.name}`;
     console.log(`\n${path}`);
-    console.log(summarize(JSON.parse(await Deno.readTextFile(path)), top));
+    console.log(summarize(JSON.parse(await Deno.readTextFile(path)), top, skip));
   }
 }

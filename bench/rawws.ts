@@ -322,12 +322,9 @@ export class RawSocket {
   }
 
   #one(buf: Uint8Array, start: number, end: number) {
-    const prefix = this.#prefix;
-    let k = end - start >= prefix.length ? 0 : -1;
-    for (let j = 0; k === 0 && j < prefix.length; j++) {
-      if (buf[start + j] !== prefix[j]) k = -1;
-    }
-    if (k === 0) k = indexOfBytes(buf, this.#key, start, end);
+    const k = startsWith(buf, start, end, this.#prefix)
+      ? indexOfBytes(buf, this.#key, start, end)
+      : -1;
     if (k >= 0) {
       const at = k + this.#key.length;
       this.#handlers.onBench(

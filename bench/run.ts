@@ -159,7 +159,7 @@ const targets = (args.targets ? args.targets.split(",") : defaultTargets)
         `unknown target ${t}; known: ${Object.keys(TARGETS).join(", ")}`,
       );
     }
-    if ((t === "ours" || t === "single") && !haveMain) {
+    if ((TARGETS[t].loadAs ?? t) === "ours" && !haveMain) {
       console.error("main.ts does not exist yet: skipping ours");
       return false;
     }

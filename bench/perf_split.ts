@@ -112,7 +112,7 @@ export async function split(
   },
 ): Promise<Split> {
   const dir = await Deno.makeTempDir({ prefix: "perfsplit-" });
-  const port = 30000 + Math.floor(Math.random() * 20000);
+  const port = 20000 + Math.floor(Math.random() * 10000); // below the ephemeral range
   const server = startServer(target, port, dir);
   const url = `http://127.0.0.1:${port}`;
   await waitForHttp(url);

@@ -116,7 +116,7 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   const dir = await Deno.makeTempDir({ prefix: "chatprof-" });
-  const port = 30000 + Math.floor(Math.random() * 20000);
+  const port = 20000 + Math.floor(Math.random() * 10000); // below the ephemeral range
   const env = { ...OURS_ENV, CHAT_KV_PATH: `${dir}/chat.kv` };
   const server = new Deno.Command("taskset", {
     args: [

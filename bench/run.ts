@@ -178,7 +178,8 @@ async function exists(path: string): Promise<boolean> {
 // ---- Processes ----------------------------------------------------------------------------
 
 const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
-let nextPort = 20000 + Math.floor(Math.random() * 20000);
+// Below the ephemeral range (32768 and up), where the clients' own ports would collide.
+let nextPort = 20000 + Math.floor(Math.random() * 10000);
 
 function freePort(): number {
   for (;;) {

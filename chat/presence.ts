@@ -47,6 +47,8 @@ export class Presence {
   /** Nodes that said they are down, and when: their late envelopes are ignored. */
   readonly #gone = new Map<string, number>();
   #v = 0;
+  /** The JSON of the first users online, kept until one of them leaves or the list grows. */
+  #listed: { limit: number; json: string; ids: Set<UserId> } | undefined;
   #snapshotDue = false;
   #snapshotTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -95,6 +97,25 @@ export class Presence {
       users.push(user);
     }
     return users;
+  }
+
+  /**
+   * {@linkcode Presence.online} as JSON, with the number of users in it. The list is the first
+   * `limit` users online in the order they came, so a storm of sign-ins past the first `limit`
+   * leaves it unchanged: each welcome frame reuses the same string instead of building and
+   * serializing the same users again.
+   */
+  onlineJson(limit: number): { json: string; count: number } {
+    let listed = this.#listed;
+    if (!listed || listed.limit !== limit) {
+      const users = this.online(limit);
+      listed = this.#listed = {
+        limit,
+        json: JSON.stringify(users),
+        ids: new Set(users.map((u) => u.id)),
+      };
+    }
+    return { json: listed.json, count: listed.ids.size };
   }
 
   /** How many users are online. */
@@ -239,6 +260,7 @@ export class Presence {
       return;
     }
     this.#nodesOf.set(user.id, { user, nodes: 1 });
+    if (this.#listed && this.#listed.ids.size < this.#listed.limit) this.#listed = undefined;
     this.#options.onChange(user, true);
   }
 
@@ -247,6 +269,7 @@ export class Presence {
     if (!entry) return;
     if (--entry.nodes > 0) return;
     this.#nodesOf.delete(id);
+    if (this.#listed?.ids.has(id)) this.#listed = undefined;
     this.#options.onChange(entry.user, false);
   }
 }

@@ -161,19 +161,22 @@ export class ChatService {
     const conversations = await (early ?? this.conversationsOf(user));
     if (!this.#clients.has(conn.id)) return;
     const { hub } = this.#deps;
-    const online = hub.presence.online(WELCOME_ONLINE);
-    if (!hub.presence.isOnline(user.id)) online.unshift(info(user));
-    const frame: ServerFrameOf<"welcome"> = {
-      type: "welcome",
+    // The online list is the same string for every welcome until it changes (see
+    // `Presence.onlineJson`): spliced in, not serialized again per connection.
+    let { json: online, count } = hub.presence.onlineJson(WELCOME_ONLINE);
+    if (!hub.presence.isOnline(user.id)) {
+      online = `[${JSON.stringify(info(user))}${count ? `,${online.slice(1)}` : "]"}`;
+      count++;
+    }
+    const frame: Omit<ServerFrameOf<"welcome">, "type" | "online"> = {
       user: info(user),
       node: hub.node,
       conversations,
-      online,
-      onlineCount: Math.max(hub.presence.count, online.length),
+      onlineCount: Math.max(hub.presence.count, count),
       limits: this.limits,
       resume: { lastSeq: Object.fromEntries(conversations.map((c) => [c.id, c.lastSeq])) },
     };
-    conn.send(JSON.stringify(frame));
+    conn.send(`{"type":"welcome","online":${online},${JSON.stringify(frame).slice(1)}`);
     hub.attach(conn, new Map(conversations.map((c) => [c.id, c.lastSeq])));
   }
 

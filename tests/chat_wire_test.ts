@@ -33,6 +33,28 @@ Deno.test("sign-in offers a unique default name and issues a token a reconnect r
   assert.equal((await me.json()).user.id, ann.user.id);
 });
 
+Deno.test("welcome: lists who is online, the newcomer first, and how many", async () => {
+  await using server = await startServer();
+  const a = await signIn(server.url, uniqueName("ann"));
+  const b = await signIn(server.url, uniqueName("bob"));
+  const ann = { id: a.user.id, name: a.user.name };
+  const bob = { id: b.user.id, name: b.user.name };
+  await using ca = await TestClient.connect(server, a.token);
+  assert.deepEqual(ca.welcome.online, [ann]);
+  assert.equal(ca.welcome.onlineCount, 1);
+  await using cb = await TestClient.connect(server, b.token);
+  assert.deepEqual(cb.welcome.online, [bob, ann]);
+  assert.equal(cb.welcome.onlineCount, 2);
+  // A second connection of a user already online is not listed twice.
+  await using ca2 = await TestClient.connect(server, a.token);
+  assert.deepEqual(ca2.welcome.online, [ann, bob]);
+  assert.equal(ca2.welcome.onlineCount, 2);
+  await cb.close();
+  await ca.next("presence", (f) => f.changes.some((c: { online: boolean }) => !c.online));
+  await using ca3 = await TestClient.connect(server, a.token);
+  assert.deepEqual(ca3.welcome.online, [ann]);
+});
+
 Deno.test("lobby: every user receives every lobby message, sender included, with an ack", async () => {
   await using server = await startServer();
   const a = await signIn(server.url, uniqueName("ann"));

@@ -170,3 +170,30 @@ Deno.test("presence: a snapshot in parts, with parts repeated by a second bus", 
   b.receive(part(2)); // a stray part after completion starts nothing
   assert.equal(b.count, 900);
 });
+
+Deno.test("presence: the online list's JSON is kept until a listed user leaves or it can grow", async () => {
+  const net = network(["a", "b"]);
+  const a = net.get("a");
+  const listed = (limit: number) => a.onlineJson(limit);
+  for (const id of ["u1", "u2"]) a.connect(user(id));
+  // Below the limit, every newcomer is listed.
+  assert.deepEqual(listed(3), { json: JSON.stringify(a.online(3)), count: 2 });
+  a.connect(user("u3"));
+  const full = listed(3);
+  assert.deepEqual(JSON.parse(full.json).map((u: UserInfo) => u.id), ["u1", "u2", "u3"]);
+  assert.equal(full.count, 3);
+  // Past the limit, newcomers and their departures leave the list (and its string) as it was.
+  a.connect(user("u4"));
+  net.get("b").connect(user("v1"));
+  await net.deliver();
+  assert.equal(listed(3).json, full.json);
+  a.disconnect(user("u4"));
+  assert.equal(listed(3).json, full.json);
+  // A listed user leaving changes it: the next in line moves up.
+  a.disconnect(user("u2"));
+  const after = listed(3);
+  assert.deepEqual(JSON.parse(after.json).map((u: UserInfo) => u.id), ["u1", "u3", "v1"]);
+  assert.equal(after.json, JSON.stringify(a.online(3)));
+  // Another limit is another list.
+  assert.deepEqual(JSON.parse(listed(1).json), [user("u1")]);
+});

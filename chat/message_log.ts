@@ -117,16 +117,76 @@ export async function retryLocked<T>(fn: () => Promise<T>, attempts = 50): Promi
   }
 }
 
-/** The entries of any number of keys, read 10 at a time (KV's limit per `getMany`), in order. */
-export async function getMany<T>(
-  kv: Deno.Kv,
-  keys: Deno.KvKey[],
-): Promise<Deno.KvEntryMaybe<T>[]> {
-  const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
-  for (let i = 0; i < keys.length; i += GET_MANY) {
-    chunks.push(retryLocked(() => kv.getMany<T[]>(keys.slice(i, i + GET_MANY))));
+interface ReadRequest {
+  keys: Deno.KvKey[];
+  entries: Deno.KvEntryMaybe<unknown>[];
+  /** Chunks still to answer. */
+  left: number;
+  resolve: (entries: Deno.KvEntryMaybe<unknown>[]) => void;
+  reject: (error: unknown) => void;
+}
+
+/** Reads asked for in the current turn, per KV, until the microtask that sends them. */
+const pendingReads = new WeakMap<Deno.Kv, ReadRequest[]>();
+
+/**
+ * The entries of any number of keys, in order. Reads asked for in the same turn (before its
+ * microtasks run) share `getMany` calls, 10 keys each (KV's limit): every call is a round trip
+ * through KV's one SQLite thread, which costs more than the keys it reads. Up to 10 keys of one
+ * caller are read by one call, so from one snapshot, as with `kv.getMany`.
+ */
+export function getMany<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
+  if (keys.length === 0) return Promise.resolve([]);
+  return new Promise((resolve, reject) => {
+    let queue = pendingReads.get(kv);
+    if (!queue) {
+      const requests: ReadRequest[] = queue = [];
+      pendingReads.set(kv, requests);
+      queueMicrotask(() => {
+        pendingReads.delete(kv);
+        readTogether(kv, requests);
+      });
+    }
+    queue.push({
+      keys,
+      entries: new Array(keys.length),
+      left: 0,
+      resolve: resolve as ReadRequest["resolve"],
+      reject,
+    });
+  });
+}
+
+/** Packs the requests' keys into `getMany` calls and answers each request when all its are in. */
+function readTogether(kv: Deno.Kv, requests: ReadRequest[]): void {
+  type Part = { request: ReadRequest; from: number; at: number; count: number };
+  const chunks: { keys: Deno.KvKey[]; parts: Part[] }[] = [];
+  let chunk: { keys: Deno.KvKey[]; parts: Part[] } | undefined;
+  for (const request of requests) {
+    const n = request.keys.length;
+    // A request that fits in one call is not split across two.
+    if (!chunk || (n <= GET_MANY && chunk.keys.length + n > GET_MANY)) {
+      chunks.push(chunk = { keys: [], parts: [] });
+    }
+    for (let from = 0; from < n;) {
+      if (chunk.keys.length === GET_MANY) chunks.push(chunk = { keys: [], parts: [] });
+      const count = Math.min(n - from, GET_MANY - chunk.keys.length);
+      chunk.parts.push({ request, from, at: chunk.keys.length, count });
+      for (let i = 0; i < count; i++) chunk.keys.push(request.keys[from + i]);
+      request.left++;
+      from += count;
+    }
   }
-  return (await Promise.all(chunks)).flat();
+  for (const { keys, parts } of chunks) {
+    retryLocked(() => kv.getMany<unknown[]>(keys)).then((entries) => {
+      for (const { request, from, at, count } of parts) {
+        for (let i = 0; i < count; i++) request.entries[from + i] = entries[at + i];
+        if (--request.left === 0) request.resolve(request.entries);
+      }
+    }, (error) => {
+      for (const { request } of parts) request.reject(error);
+    });
+  }
 }
 
 /**

@@ -191,38 +191,45 @@ export class ChatService {
 
   /**
    * Every conversation of a user, with heads, read positions and the newest message, in three
-   * rounds of KV reads: the user's group and peer ids; then their records, heads and read
-   * positions at once (conversation ids follow from the ids alone); then the newest messages.
+   * rounds of KV reads: the user's group and peer ids, with the lobby's and the notices' heads
+   * and read positions (known from the user id alone, so read in the same turn as the session
+   * when a socket opens: one `getMany` call for both); then the records, heads and read
+   * positions of the groups and direct chats; then the newest messages.
    */
   async conversationsOf(user: Pick<UserRecord, "id">): Promise<ConversationInfo[]> {
-    const { directory } = this.#deps;
-    const [groupIds, peerIds] = await Promise.all([
+    const { directory, kv } = this.#deps;
+    const notices = directConversation(user.id, user.id);
+    const fixed = [LOBBY, notices];
+    const [groupIds, peerIds, fixedEntries] = await Promise.all([
       directory.groupIdsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),
       directory.directPeers(user.id),
+      getMany<number>(kv, [...fixed.map(headKey), ...fixed.map((id) => readKey(user.id, id))]),
     ]);
     // The notices conversation is listed once something was pushed, but always received.
-    const ids = [
-      LOBBY,
+    const listed = [
       ...groupIds.map(groupConversation),
       ...peerIds.map((p) => directConversation(user.id, p)),
-      directConversation(user.id, user.id),
     ];
-    // Heads and read positions in one read: a welcome per connection is the cost of a sign-in
-    // storm, and each KV read is a round trip through KV's one SQLite thread.
-    const [groups, peers, entries] = await Promise.all([
+    // Records, heads and read positions are asked for in one turn: they share `getMany` calls,
+    // and each KV read is a round trip through KV's one SQLite thread.
+    const [groups, peers, listedEntries] = await Promise.all([
       directory.groups(groupIds),
       directory.users(peerIds),
-      getMany<number>(this.#deps.kv, [
-        ...ids.map((id) => headKey(id)),
-        ...ids.map((id) => readKey(user.id, id)),
+      getMany<number>(kv, [
+        ...listed.map((id) => headKey(id)),
+        ...listed.map((id) => readKey(user.id, id)),
       ]),
     ]);
-    const positions = new Map(ids.map((id, i) => {
-      const lastSeq = entries[i].value ?? 0;
-      return [id, { lastSeq, read: Math.min(entries[ids.length + i].value ?? 0, lastSeq) }];
-    }));
+    // Each read gave the heads of `ids`, then their read positions, in that order.
+    const positions = new Map<ConversationId, { lastSeq: number; read: number }>();
+    const place = (ids: ConversationId[], entries: Deno.KvEntryMaybe<number>[]) =>
+      ids.forEach((id, i) => {
+        const lastSeq = entries[i].value ?? 0;
+        positions.set(id, { lastSeq, read: Math.min(entries[ids.length + i].value ?? 0, lastSeq) });
+      });
+    place(fixed, fixedEntries);
+    place(listed, listedEntries);
     const at = (id: ConversationId) => positions.get(id)!;
-    const notices = directConversation(user.id, user.id);
     const list: ConversationInfo[] = [
       { id: LOBBY, kind: "lobby", title: "Lobby", ...at(LOBBY) },
       ...groups.map((g): ConversationInfo => {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { messageKey, RELAY_COUNT_KEY, RELAY_LOG_PREFIX } from "../chat/keys.ts";
 import type { AppendInput, MessageLogOptions, RelayEntry } from "../chat/message_log.ts";
-import { MessageLog } from "../chat/message_log.ts";
+import { getMany, MessageLog } from "../chat/message_log.ts";
 
 const DAY = 86_400_000;
 
@@ -310,4 +310,74 @@ Deno.test("log: a quiet log commits at once; a busy one waits batchMs to fill th
     assert.ok(againMs < 300, `expected an append after a quiet spell at once, took ${againMs} ms`);
     assert.deepEqual(commits, [1, 2, 1]);
   });
+});
+
+/** A real KV whose `getMany` calls are recorded (the keys of each call). */
+async function countedKv(): Promise<{ kv: Deno.Kv; calls: Deno.KvKey[][] }> {
+  const kv = await Deno.openKv(":memory:");
+  const calls: Deno.KvKey[][] = [];
+  const real = kv.getMany.bind(kv);
+  kv.getMany = ((keys: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
+    calls.push(keys);
+    return real(keys, options);
+  }) as Deno.Kv["getMany"];
+  return { kv, calls };
+}
+
+Deno.test("getMany: reads asked for in one turn share calls of at most 10 keys, in order", async () => {
+  const { kv, calls } = await countedKv();
+  try {
+    for (let i = 0; i < 45; i++) await kv.set(["k", i], i * 10);
+    const keys = (from: number, n: number) => Array.from({ length: n }, (_, i) => ["k", from + i]);
+    const sizes = [2, 4, 0, 3, 25, 1, 10];
+    let from = 0;
+    const asked = sizes.map((n) => {
+      const promise = getMany<number>(kv, keys(from, n));
+      from += n;
+      return promise;
+    });
+    const answers = await Promise.all(asked);
+    from = 0;
+    sizes.forEach((n, i) => {
+      assert.deepEqual(
+        answers[i].map((e) => e.value),
+        keys(from, n).map((k) => (k[1] as number) * 10),
+      );
+      from += n;
+    });
+    // 45 keys in 5 calls: 2+4+3 and the first of the 25; 10 more; 10 more; the last 4 and the
+    // 1; the 10, which would not fit beside them.
+    assert.deepEqual(calls.map((c) => c.length), [10, 10, 10, 5, 10]);
+    // A request of 10 keys or fewer is read by one call: one snapshot.
+    for (const n of [2, 4, 3, 1, 10]) {
+      const first = sizes.slice(0, sizes.indexOf(n)).reduce((a, b) => a + b, 0);
+      assert.ok(
+        calls.some((c) => JSON.stringify(c).includes(JSON.stringify(keys(first, n)).slice(1, -1))),
+        `the ${n} keys from ${first} were split across calls`,
+      );
+    }
+    // Reads in separate turns do not wait for each other.
+    calls.length = 0;
+    await getMany(kv, keys(0, 2));
+    await getMany(kv, keys(2, 2));
+    assert.equal(calls.length, 2);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("getMany: a failing call fails only the reads that were in it", async () => {
+  const { kv, calls } = await countedKv();
+  try {
+    await kv.set(["ok"], 1);
+    const good = getMany<number>(kv, [["ok"]]);
+    const tooBig = getMany<number>(kv, Array.from({ length: 10 }, (_, i) => ["x".repeat(3000), i]));
+    const after = getMany<number>(kv, [["ok"], ["missing"]]);
+    await assert.rejects(tooBig, /key too large|too large/i);
+    assert.deepEqual((await good).map((e) => e.value), [1]);
+    assert.deepEqual((await after).map((e) => e.value), [1, null]);
+    assert.equal(calls.length, 3);
+  } finally {
+    kv.close();
+  }
 });

@@ -18,7 +18,8 @@
  * them they cost about a quarter of a small commit (`bench/kv_commit_cost.ts`). A node that
  * appears is heard within a poll (same process: at once, through the watch); what the first
  * node committed meanwhile reaches it through the hub's `heads` heartbeat (the newest sequences
- * of the last 10 s, every 2 s), as after a dropped notice.
+ * of the last 10 s, every 2 s), as after a dropped notice. Its own envelopes (presence,
+ * heartbeats, kicks) wait up to `aloneFlushMs` meanwhile and share one commit.
  *
  * @module
  */
@@ -40,6 +41,13 @@ export interface KvBusOptions {
    * relay entries (default 10,000); 0 writes them always.
    */
   staleMs?: number;
+  /**
+   * Milliseconds a published envelope waits while no other node is heard (default 50): what
+   * is published meanwhile shares one commit. Only a node that appears would read it, and it
+   * is delayed, never dropped; a sign-in storm on a lone node then costs a commit per 50 ms,
+   * not one per sign-in.
+   */
+  aloneFlushMs?: number;
 }
 
 interface BatchEntry {
@@ -63,7 +71,8 @@ export class KvBus implements Bus {
   #receive: (envelope: Envelope) => void = () => {};
   #outbox: Envelope[] = [];
   #flushing: Promise<void> | null = null;
-  #scheduled = false;
+  /** The pending flush, and how long it was set to wait. */
+  #timer: { id: ReturnType<typeof setTimeout>; wait: number } | undefined;
   #last: Deno.KvKey | null = null;
   #reading = false;
   #again = false;
@@ -118,12 +127,26 @@ export class KvBus implements Bus {
       envelope = { ...envelope, messages: undefined };
     }
     this.#outbox.push(envelope);
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    setTimeout(() => {
-      this.#scheduled = false;
+    this.#schedule();
+  }
+
+  /**
+   * Flushes at the next turn, or after `aloneFlushMs` while no other node is heard (a node
+   * heard meanwhile cuts that wait short at the next publish).
+   */
+  #schedule(): void {
+    // A write in flight schedules the next when it ends.
+    if (this.#flushing) return;
+    const wait = this.relaying ? 0 : this.#options.aloneFlushMs ?? 50;
+    if (this.#timer) {
+      if (wait > 0 || this.#timer.wait === 0) return;
+      clearTimeout(this.#timer.id);
+    }
+    const id = setTimeout(() => {
+      this.#timer = undefined;
       this.#flush();
-    }, 0);
+    }, wait);
+    this.#timer = { id, wait };
   }
 
   subscribe(receive: (envelope: Envelope) => void): void {
@@ -138,11 +161,11 @@ export class KvBus implements Bus {
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.#started.catch(() => {});
-    while (this.#flushing || this.#outbox.length || this.#scheduled) {
+    while (this.#flushing || this.#outbox.length) {
       if (this.#flushing) await this.#flushing;
-      else if (this.#outbox.length) this.#flush();
-      else await new Promise((r) => setTimeout(r, 0));
+      else this.#flush();
     }
+    clearTimeout(this.#timer?.id);
     this.#closed = true;
     clearInterval(this.#poll);
     clearTimeout(this.#readTimer);
@@ -217,7 +240,9 @@ export class KvBus implements Bus {
     this.#outbox = [];
     this.#flushing = this.#write(envelopes).finally(() => {
       this.#flushing = null;
-      if (this.#outbox.length) this.#flush();
+      if (this.#outbox.length === 0) return;
+      if (this.relaying) this.#flush();
+      else this.#schedule();
     });
   }
 

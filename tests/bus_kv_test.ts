@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { Envelope } from "../chat/bus.ts";
 import { KvBus } from "../chat/bus_kv.ts";
+import { RELAY_COUNT_KEY, RELAY_LOG_PREFIX } from "../chat/keys.ts";
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -87,6 +88,64 @@ Deno.test("kv bus: relays the log's commits only while another node is heard", a
   assert.equal(always.relaying, true);
 
   await Promise.all([one.close(), two.close(), three.close(), always.close()]);
+  kv.close();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("kv bus: a lone node's envelopes share a commit; a node heard cuts the wait", async () => {
+  const dir = await Deno.makeTempDir();
+  const kv = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const commits = async () => (await kv.get<Deno.KvU64>(RELAY_COUNT_KEY)).value?.value ?? 0n;
+  const logged = async (node: string) => {
+    const out: number[] = [];
+    for await (
+      const e of kv.list<{ node: string; envelopes?: Envelope[] }>({ prefix: RELAY_LOG_PREFIX })
+    ) {
+      if (e.value.node === node) out.push(...(e.value.envelopes ?? []).map((x) => x.n));
+    }
+    return out;
+  };
+  const one = new KvBus(kv, { node: "n1", appendsInLog: true, pollMs: 50, aloneFlushMs: 60_000 });
+  await one.ready();
+  assert.equal(one.relaying, false);
+  // A storm of sign-ins on a lone node: nothing is written yet, and nothing is lost.
+  for (let n = 1; n <= 100; n++) {
+    one.publish({
+      node: "n1",
+      n,
+      k: "presence",
+      user: { id: `u${n}`, name: `U${n}` },
+      online: true,
+      v: n,
+    });
+    if (n % 10 === 0) await delay(5);
+  }
+  await delay(200);
+  assert.equal(await commits(), 0n);
+
+  // Another node speaks: n1 hears it, and its next publish flushes everything at once.
+  const two = new KvBus(kv, { node: "n2", appendsInLog: true, pollMs: 50, aloneFlushMs: 0 });
+  const heard: number[] = [];
+  two.subscribe((e) => heard.push(e.n));
+  await two.ready();
+  two.publish({ node: "n2", n: 1, k: "node", v: 0 });
+  await until(() => one.relaying, "n1 relaying after n2's entry");
+  one.publish({ node: "n1", n: 101, k: "kick", user: "u1", reason: "test" });
+  await until(() => heard.length === 101, "n1's 101 envelopes at n2");
+  assert.deepEqual(heard, Array.from({ length: 101 }, (_, i) => i + 1));
+  assert.deepEqual(await logged("n1"), heard);
+  // n2's heartbeat, then n1's 101 envelopes in one commit (a few at most).
+  assert.ok((await commits()) <= 3n, `expected at most 3 commits, got ${await commits()}`);
+
+  // A lone node that closes writes what waits at once.
+  const three = new KvBus(kv, { node: "n3", appendsInLog: true, staleMs: 1, aloneFlushMs: 60_000 });
+  await three.ready();
+  await Promise.all([one.close(), two.close()]);
+  await delay(20);
+  assert.equal(three.relaying, false);
+  three.publish({ node: "n3", n: 1, k: "kick", user: "u2", reason: "test" });
+  await three.close();
+  assert.deepEqual(await logged("n3"), [1]);
   kv.close();
   await Deno.remove(dir, { recursive: true });
 });

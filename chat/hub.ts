@@ -768,6 +768,8 @@ export class Hub {
 
   #release(member: Member): void {
     clearTimeout(member.holdTimer);
+    // An idle connection keeps its member for hours: not the spent timer too.
+    member.holdTimer = undefined;
     const held = member.held;
     if (!held) return;
     member.held = null;

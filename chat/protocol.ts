@@ -292,7 +292,7 @@ export type ServerFrame =
     user: UserInfo;
     node: string;
     conversations: ConversationInfo[];
-    /** Users online now (at most 200; `onlineCount` says how many in all). */
+    /** Users online now (at most 50; `onlineCount` says how many in all, `presence.list` more). */
     online: UserInfo[];
     onlineCount: number;
     limits: Limits;

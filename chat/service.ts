@@ -83,8 +83,13 @@ interface Client {
 
 /** Close code when a client keeps going over its rate limit. */
 export const CLOSE_POLICY = 1008;
-/** Online users listed in a welcome; `presence.list` gives more. */
-const WELCOME_ONLINE = 200;
+/**
+ * Online users listed in a welcome; `presence.list` gives more. Every idle socket keeps memory
+ * in proportion to the largest frame it was sent: a welcome listing 200 users (12 KB) cost 6–8
+ * KB of RSS per idle connection more than one listing 50 (3 KB), and 100–200 µs more CPU per
+ * open (docs/benchmarks.md, "The cost of a socket open").
+ */
+const WELCOME_ONLINE = 50;
 /** The window in which rate-limit strikes add up. */
 export const STRIKE_WINDOW_MS = 10_000;
 /** Close code for a frame over the size cap. */

@@ -331,6 +331,32 @@ Deno.test({
 });
 
 Deno.test({
+  name: "web client: the Online tab lists everyone when more are online than a welcome names",
+  async fn() {
+    await using server = await startServer();
+    // 55 others online: the welcome names 50 of the 56.
+    const crowd: TestClient[] = [];
+    const browser = await launchChromium();
+    try {
+      for (let i = 0; i < 55; i++) {
+        const u = await signIn(server.url, `Crowd${i}`);
+        crowd.push(await TestClient.connect(server, u.token));
+      }
+      const zoe = await openUser(browser, server.url, "Zoe");
+      await until(async () => await zoe.page.textContent(tid("online-count")) === "56");
+      await zoe.page.click(tid("tab-online"));
+      const listed = zoe.page.locator(tid("online-user"));
+      await until(async () => await listed.count() === 56, 10_000, "56 users listed");
+      assert.equal(await zoe.page.locator("#online-more").isHidden(), true);
+      assertClean([zoe]);
+    } finally {
+      await browser.close();
+      await Promise.all(crowd.map((c) => c.close()));
+    }
+  },
+});
+
+Deno.test({
   name: "web client: older history on scroll; reload and a server restart lose and double nothing",
   async fn() {
     await using server = await RestartableServer.create({

@@ -584,6 +584,13 @@ export function listGroups() {
   send({ type: "group.list" });
 }
 
+/** Asks for the online list (up to 1000) when the welcome's (up to 50) did not name everyone. */
+export function listOnline() {
+  if (state.onlineCount <= state.online.size) return;
+  onlineListedAt = Date.now();
+  send({ type: "presence.list" });
+}
+
 export function loadMembers(groupId) {
   if (state.members?.group !== groupId) state.members = { group: groupId, members: null };
   emit("members");

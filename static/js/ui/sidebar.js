@@ -103,6 +103,7 @@ function selectTab(name) {
     ? "Filter online users"
     : "Filter groups";
   if (name === "groups") chat.listGroups();
+  if (name === "online") chat.listOnline();
   renderAll();
 }
 

@@ -114,3 +114,16 @@ Deno.test("outbox with batch: every socket's frames of a tick go out at its end"
   assert.deepEqual(sinks[1].sent, ['{"b":1}', '{"b":2}']);
   assert.deepEqual(outboxes.map((o) => o.pendingChars), [0, 0, 0]);
 });
+
+Deno.test("outbox with batch: by default a batch stays under 64 KiB (a socket keeps its largest frame's memory)", async () => {
+  const s = sink();
+  const outbox = new SocketOutbox(s, { batch: true });
+  // A burst of 200 frames of 1,000 characters: 200,000 characters in one tick.
+  const frames = Array.from({ length: 200 }, (_, i) => `{"i":${i},"t":"${"x".repeat(985)}"}`);
+  for (const f of frames) outbox.send(f);
+  await tick();
+  assert.ok(s.sent.length >= 4, `expected at least 4 batch frames, got ${s.sent.length}`);
+  for (const frame of s.sent) assert.ok(frame.length <= 64 * 1024 + 64, `${frame.length} chars`);
+  const got = s.sent.flatMap((f) => JSON.parse(f).frames.map((x: { i: number }) => x.i));
+  assert.deepEqual(got, frames.map((_, i) => i));
+});

@@ -205,10 +205,21 @@ export class ChatService {
     const { directory, kv } = this.#deps;
     const notices = directConversation(user.id, user.id);
     const fixed = [LOBBY, notices];
-    const [groupIds, peerIds, fixedEntries] = await Promise.all([
+    // The heads of `ids`, then their read positions, in one `getMany` request made at once (so
+    // in the caller's turn, sharing its calls).
+    const positionsOf = (ids: ConversationId[]) =>
+      getMany<number>(kv, [...ids.map(headKey), ...ids.map((id) => readKey(user.id, id))])
+        .then((entries) =>
+          ids.map((id, i) => {
+            const lastSeq = entries[i].value ?? 0;
+            const read = Math.min(entries[ids.length + i].value ?? 0, lastSeq);
+            return [id, { lastSeq, read }] as const;
+          })
+        );
+    const [groupIds, peerIds, fixedPositions] = await Promise.all([
       directory.groupIdsOf(user.id, this.#deps.config.CHAT_MAX_GROUPS_PER_USER),
       directory.directPeers(user.id),
-      getMany<number>(kv, [...fixed.map(headKey), ...fixed.map((id) => readKey(user.id, id))]),
+      positionsOf(fixed),
     ]);
     // The notices conversation is listed once something was pushed, but always received.
     const listed = [
@@ -217,23 +228,12 @@ export class ChatService {
     ];
     // Records, heads and read positions are asked for in one turn: they share `getMany` calls,
     // and each KV read is a round trip through KV's one SQLite thread.
-    const [groups, peers, listedEntries] = await Promise.all([
+    const [groups, peers, listedPositions] = await Promise.all([
       directory.groups(groupIds),
       directory.users(peerIds),
-      getMany<number>(kv, [
-        ...listed.map((id) => headKey(id)),
-        ...listed.map((id) => readKey(user.id, id)),
-      ]),
+      positionsOf(listed),
     ]);
-    // Each read gave the heads of `ids`, then their read positions, in that order.
-    const positions = new Map<ConversationId, { lastSeq: number; read: number }>();
-    const place = (ids: ConversationId[], entries: Deno.KvEntryMaybe<number>[]) =>
-      ids.forEach((id, i) => {
-        const lastSeq = entries[i].value ?? 0;
-        positions.set(id, { lastSeq, read: Math.min(entries[ids.length + i].value ?? 0, lastSeq) });
-      });
-    place(fixed, fixedEntries);
-    place(listed, listedEntries);
+    const positions = new Map([...fixedPositions, ...listedPositions]);
     const at = (id: ConversationId) => positions.get(id)!;
     const list: ConversationInfo[] = [
       { id: LOBBY, kind: "lobby", title: "Lobby", ...at(LOBBY) },

@@ -12,8 +12,11 @@ import type { ChatMessage, ConversationId, ServerFrame, UserId, UserInfo } from 
 export type Envelope =
   & { node: string; n: number }
   & (
-    /** New messages in `conv` up to `seq`; `messages` may carry them to save a KV read. */
-    | { k: "append"; conv: ConversationId; seq: number; messages?: ChatMessage[] }
+    /**
+     * New messages in `conv` up to `seq`; `messages` may carry them to save a KV read, `vs` the
+     * versionstamp of the commit that wrote that head (the next writer's check needs it).
+     */
+    | { k: "append"; conv: ConversationId; seq: number; messages?: ChatMessage[]; vs?: string }
     /** The newest sequence of recently active conversations, so a dropped `append` is repaired. */
     | { k: "heads"; heads: Record<ConversationId, number> }
     /** A user's first connection on `node` opened, or its last closed. */

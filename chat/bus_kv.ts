@@ -334,7 +334,14 @@ export class KvBus implements Bus {
           if ("heads" in value) {
             let n = 0;
             for (const [conv, seq] of Object.entries(value.heads)) {
-              this.#deliver({ node: value.node, n: -++n, k: "append", conv, seq });
+              this.#deliver({
+                node: value.node,
+                n: -++n,
+                k: "append",
+                conv,
+                seq,
+                vs: entry.versionstamp,
+              });
             }
           } else {
             for (const envelope of value.envelopes) this.#deliver(envelope);

@@ -46,6 +46,8 @@ export interface Connection {
 export interface HubLog {
   range(conv: ConversationId, after: number, to: number, limit?: number): Promise<ChatMessage[]>;
   head(conv: ConversationId): Promise<number>;
+  /** Another node's commit `versionstamp` moved the head of `conv` to `seq`. */
+  heard?(conv: ConversationId, seq: number, versionstamp: string): void;
 }
 
 /** Counters the hub moves, for `/metrics`. */
@@ -292,10 +294,10 @@ export class Hub {
   }
 
   /**
-   * New messages were committed by this node: deliver them here at once, then tell the
-   * other nodes (local delivery never waits on the bus).
+   * New messages were committed by this node (in the commit `versionstamp`, when known): deliver
+   * them here at once, then tell the other nodes (local delivery never waits on the bus).
    */
-  appended(messages: ChatMessage[]): void {
+  appended(messages: ChatMessage[], versionstamp?: string): void {
     const byConv = new Map<ConversationId, ChatMessage[]>();
     for (const m of messages) {
       let list = byConv.get(m.conv);
@@ -308,7 +310,13 @@ export class Hub {
       const seq = list[list.length - 1].seq;
       this.notify(conv, seq, list);
       this.#recent.set(conv, { seq, at: now });
-      this.publish({ k: "append", conv, seq, messages: list.length <= 64 ? list : undefined });
+      this.publish({
+        k: "append",
+        conv,
+        seq,
+        messages: list.length <= 64 ? list : undefined,
+        vs: versionstamp,
+      });
     }
   }
 
@@ -788,6 +796,7 @@ export class Hub {
     this.stats.busIn++;
     switch (envelope.k) {
       case "append":
+        if (envelope.vs) this.#options.log.heard?.(envelope.conv, envelope.seq, envelope.vs);
         this.notify(envelope.conv, envelope.seq, envelope.messages);
         return;
       case "heads":

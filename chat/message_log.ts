@@ -68,8 +68,11 @@ export interface MessageLogOptions {
     committed?: (versionstamp: string) => void;
     active?: () => boolean;
   };
-  /** Called after each successful commit with the new messages (not the duplicates). */
-  onCommit?: (messages: ChatMessage[], commitMs: number) => void;
+  /**
+   * Called after each successful commit with the new messages (not the duplicates) and the
+   * commit's versionstamp.
+   */
+  onCommit?: (messages: ChatMessage[], commitMs: number, versionstamp: string) => void;
   /**
    * Milliseconds appends wait to share a commit while the log is busy (default 1); after a quiet
    * spell (no commit for `busyGapMs`) the appends of the current tick commit at once.
@@ -203,6 +206,11 @@ function readTogether(kv: Deno.Kv, requests: ReadRequest[]): void {
  * ```
  */
 export class MessageLog {
+  /**
+   * Commits made; attempts refused by a check (another writer moved a conversation's head, or
+   * stored one of the messages, first); attempts that found the file locked.
+   */
+  readonly stats = { commits: 0, conflicts: 0, locked: 0 };
   readonly #kv: Deno.Kv;
   readonly #options: MessageLogOptions;
   readonly #now: () => number;
@@ -240,6 +248,18 @@ export class MessageLog {
   async close(): Promise<void> {
     this.#closed = true;
     await this.flush();
+  }
+
+  /**
+   * Another writer's commit `versionstamp` moved the head of `conv` to `seq` (heard on the bus).
+   * When this log writes to `conv` too, its next commit checks that head instead of the one it
+   * knew: without this, two nodes writing to one conversation would each fail their next check
+   * after the other's commit and read the head back. A wrong or late report costs only that: the
+   * commit's check still guards the sequence.
+   */
+  heard(conv: ConversationId, seq: number, versionstamp: string): void {
+    const head = this.#heads.get(conv);
+    if (head && head.seq < seq) this.#heads.set(conv, { seq, versionstamp });
   }
 
   /** The newest sequence number of a conversation (0 when empty). */
@@ -490,19 +510,26 @@ export class MessageLog {
         result = await atomic.commit();
       } catch (error) {
         if (!isRetryableKvError(error)) throw error;
+        this.stats.locked++;
         await new Promise((r) => setTimeout(r, Math.min(50, 1 + attempt + Math.random() * 4)));
         return [...unique, ...repeats.map(([p]) => p)];
       }
       if (!result.ok) {
+        this.stats.conflicts++;
         for (const conv of convs) this.#heads.delete(conv);
         return [...unique, ...repeats.map(([p]) => p)];
       }
+      this.stats.commits++;
       for (const conv of convs) {
         this.#heads.set(conv, { seq: next.get(conv)!, versionstamp: result.versionstamp });
       }
       if (relayed) relay.committed?.(result.versionstamp);
       try {
-        this.#options.onCommit?.(planned.map(([, m]) => m), performance.now() - started);
+        this.#options.onCommit?.(
+          planned.map(([, m]) => m),
+          performance.now() - started,
+          result.versionstamp,
+        );
       } catch {
         // The messages are stored: a failing listener must not turn that into an error.
       }

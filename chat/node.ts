@@ -92,12 +92,12 @@ export async function createNode(options: NodeOptions): Promise<ChatNode> {
         active: () => relay.relaying,
       }
       : undefined,
-    onCommit(messages, ms) {
+    onCommit(messages, ms, versionstamp) {
       metrics.kvWriteMs.observe(ms);
       withSpanSync(
         "chat.fanout",
         { "chat.messages": messages.length },
-        () => hub.appended(messages),
+        () => hub.appended(messages, versionstamp),
       );
     },
   });

@@ -85,6 +85,15 @@ export function renderMetrics(node: ChatNode): string {
       help: "Sockets closed for not reading",
       value: hub.stats.slowClosed,
     },
+    chat_log_commits_total: { help: "Commits of the message log", value: node.log.stats.commits },
+    chat_log_conflicts_total: {
+      help: "Message log commits refused by a check (another writer first): retried",
+      value: node.log.stats.conflicts,
+    },
+    chat_log_locked_total: {
+      help: "Message log commits that found the KV file locked: retried",
+      value: node.log.stats.locked,
+    },
     chat_bus_in_total: { help: "Envelopes received from other nodes", value: hub.stats.busIn },
     chat_bus_out_total: { help: "Envelopes published", value: hub.stats.busOut },
     chat_uptime_seconds: {

@@ -89,6 +89,58 @@ Deno.test("log: concurrent writers never share or skip a sequence", async () => 
   });
 });
 
+Deno.test("log: a head heard from another writer spares the next commit its conflict", async () => {
+  await withLog({}, async (a, kv) => {
+    let stamp = "";
+    const b = new MessageLog(kv, {
+      retentionCount: 10_000,
+      retentionMs: DAY,
+      onCommit: (_messages, _ms, versionstamp) => (stamp = versionstamp),
+    });
+    // Both know the head of g:x (each has written to it).
+    await a.append(input("g:x", "a1", "u1"));
+    await b.append(input("g:x", "b1", "u2"));
+    assert.equal(b.stats.commits, 1);
+
+    // Not told of b's commit: a's check fails once, it reads the head back and retries.
+    await b.append(input("g:x", "b2", "u2"));
+    const blind = await a.append(input("g:x", "a2", "u1"));
+    assert.equal(blind.message.seq, 4);
+    assert.equal(a.stats.conflicts, 1);
+
+    // Told (as the bus tells it, with the commit's versionstamp): no conflict.
+    await b.append(input("g:x", "b3", "u2"));
+    a.heard("g:x", 5, stamp);
+    const told = await a.append(input("g:x", "a3", "u1"));
+    assert.equal(told.message.seq, 6);
+    assert.equal(a.stats.conflicts, 1);
+
+    // An old report changes nothing, and a wrong one costs a conflict, never a wrong sequence.
+    a.heard("g:x", 2, stamp);
+    assert.equal((await a.append(input("g:x", "a4", "u1"))).message.seq, 7);
+    assert.equal(a.stats.conflicts, 1);
+    a.heard("g:x", 9, "00000000000000000000");
+    assert.equal((await a.append(input("g:x", "a5", "u1"))).message.seq, 8);
+    assert.equal(a.stats.conflicts, 2);
+
+    // A conversation this log never wrote to is not cached from a report.
+    a.heard("g:other", 3, stamp);
+    assert.equal((await a.append(input("g:other", "a6", "u1"))).message.seq, 1);
+    assert.equal(a.stats.conflicts, 2);
+    assert.deepEqual((await a.range("g:x", 0, 100)).map((m) => m.id), [
+      "a1",
+      "b1",
+      "b2",
+      "a2",
+      "b3",
+      "a3",
+      "a4",
+      "a5",
+    ]);
+    await b.close();
+  });
+});
+
 Deno.test("log: a burst larger than one commit is split within KV's limits", async () => {
   await withLog({}, async (log) => {
     const big = "x".repeat(3000);

@@ -218,6 +218,9 @@ Deno.test("metrics: valid Prometheus text whose counters move when messages flow
       "chat_slow_consumers_dropped_total",
       "chat_bus_healthy",
       "chat_errors_total",
+      "chat_log_commits_total",
+      "chat_log_conflicts_total",
+      "chat_log_locked_total",
     ]
   ) assert.ok(before.has(name), name);
   const info = before.get("chat_node_info")!.samples[0];
@@ -243,6 +246,9 @@ Deno.test("metrics: valid Prometheus text whose counters move when messages flow
   assert.ok(delta("chat_kv_write_ms") >= 1, "KV commit latency observed");
   assert.ok(delta("chat_frames_in_total") >= 4);
   assert.ok(delta("chat_delivered_total") >= 6);
+  assert.ok(delta("chat_log_commits_total") >= 1, "the messages were committed");
+  assert.ok(delta("chat_log_commits_total") <= 3, "at most one commit per message");
+  assert.equal(delta("chat_log_conflicts_total"), 0, "one writer has no conflicts");
   const errors = after.get("chat_errors_total")!.samples;
   assert.deepEqual(errors.find((s) => s.labels.code === "bad_json")?.value, 1);
 });

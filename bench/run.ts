@@ -574,19 +574,8 @@ const W6_QUOTA = Number(
 );
 if (W6_QUOTA > 0 && !quick) {
   // A share of a core reaches a fraction of W1's knees: finer steps.
-  P.w6.rates = [
-    10_000,
-    15_000,
-    20_000,
-    25_000,
-    30_000,
-    35_000,
-    40_000,
-    50_000,
-    60_000,
-    70_000,
-  ]
-    .concat([80_000, 90_000, 100_000, 120_000, 150_000]);
+  P.w6.rates = [10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 90, 100, 120, 150]
+    .map((k) => k * 1000);
 }
 
 // `--w1-rates 50000,60000,...` and `--w3-rates 1000,1500,...`: other steps (finer near a knee).

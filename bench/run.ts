@@ -567,12 +567,15 @@ const P = quick
  * W6 on a machine without a core per worker plus one for the generator: every worker gets this
  * many cores' worth of CPU (a cgroup quota), all of them on the server's cores, so one worker and
  * two get the same CPU per worker. `--w6-quota 0` gives each worker a core of its own instead.
+ * `--w6-shared` runs both configurations on the server's cores with no quota: what splitting the
+ * members across two workers costs, with the same CPU for both.
  */
-const W6_QUOTA = Number(
+const W6_SHARED = args["w6-shared"] === "true";
+const W6_QUOTA = W6_SHARED ? 0 : Number(
   args["w6-quota"] ??
     (!quick && navigator.hardwareConcurrency < 3 && await canUseCpuQuota() ? 0.5 : 0),
 );
-if (W6_QUOTA > 0 && !quick) {
+if ((W6_QUOTA > 0 || W6_SHARED) && !quick) {
   // A share of a core reaches a fraction of W1's knees: finer steps.
   P.w6.rates = [10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 90, 100, 120, 150]
     .map((k) => k * 1000);
@@ -811,11 +814,12 @@ async function w6() {
     }]]
     : [["1 worker", { workers: 1 }], ["2 workers", {
       workers: 2,
-      cores: "0,1",
+      cores: W6_SHARED ? SERVER_CORES : "0,1",
     }]];
   out.setup = {
     quotaPerWorker: W6_QUOTA > 0 ? W6_QUOTA : null,
-    cores: W6_QUOTA > 0 ? [SERVER_CORES, SERVER_CORES] : [SERVER_CORES, "0,1"],
+    shared: W6_SHARED,
+    cores: W6_QUOTA > 0 || W6_SHARED ? [SERVER_CORES, SERVER_CORES] : [SERVER_CORES, "0,1"],
   };
   // The machine's speed drifts over minutes: the runs go one, two, two, one (`rounds: 2`), so
   // each configuration sees the same phases, and each keeps its better run.
@@ -1258,7 +1262,16 @@ function markdown(): string {
         `1 worker (${q} of core ${w6.setup.cores[0]})`,
         `2 workers (${round(2 * q, 2)} of core ${w6.setup.cores[1]})`,
       ]
+      : w6.setup?.shared
+      ? [`1 worker (core ${w6.setup.cores[0]})`, `2 workers (both on core ${w6.setup.cores[1]})`]
       : ["1 worker (core 0)", "2 workers (cores 0-1, generator on core 1 too)"];
+    if (w6.setup?.shared) {
+      parts.push(
+        "\nBoth configurations on the server's core, no quota: the same CPU for one worker and " +
+          "for two, so the ratio is what splitting the members across workers costs (1× = " +
+          "nothing).\n",
+      );
+    }
     if (q) {
       parts.push(
         `\nEach worker may use ${q} of a core (a cgroup CPU quota, 2 ms periods), both ` +

@@ -10,6 +10,7 @@ import { loadConfig } from "./chat/config.ts";
 import { openKv } from "./chat/kv_open.ts";
 import { createNode } from "./chat/node.ts";
 import { createApp } from "./routes/app.ts";
+import { preferVectoredWrites } from "./routes/ws.ts";
 
 // `deno serve` adds its own SIGTERM/SIGINT listener once this module has run: it shuts the HTTP
 // server down at once, closing every socket with 1001 before the hub's 1012 goes out and while
@@ -29,6 +30,9 @@ try {
 } catch {
   // A runtime that does not allow it: its own shutdown then closes sockets with 1001.
 }
+
+// Before any socket opens: a socket must not keep a buffer the size of its largest frame.
+preferVectoredWrites(Deno.env);
 
 const config = loadConfig(Deno.env.toObject());
 // No path on Deno Deploy: the app's managed database.

@@ -27,6 +27,35 @@ import { SocketOutbox } from "./socket_outbox.ts";
 
 export { originAllowed };
 
+/** The environment as {@linkcode preferVectoredWrites} needs it (`Deno.env` fits). */
+export interface WritableEnv {
+  get(key: string): string | undefined;
+  set(key: string, value: string): void;
+}
+
+/**
+ * Turns on vectored writes for WebSocket frames (`DENO_USE_WRITEV=1`) unless the environment
+ * already says otherwise; returns whether they are on. Call it before the first socket opens:
+ * the runtime reads the variable once.
+ *
+ * Without it, Deno copies every frame into a write buffer of the socket's own, which grows to the
+ * largest frame the socket was ever sent and keeps that size for the socket's life: a socket that
+ * got one 48 KB frame (a batch, a history page) held about 50 KB more than an idle one, for good
+ * (docs/benchmarks.md, "A socket keeps its largest frame: the cause"). With vectored writes a frame
+ * over 1 KB goes out from its own buffer, freed once written.
+ */
+export function preferVectoredWrites(env: WritableEnv): boolean {
+  const given = env.get("DENO_USE_WRITEV");
+  if (given !== undefined) return given !== "";
+  try {
+    env.set("DENO_USE_WRITEV", "1");
+    return true;
+  } catch {
+    // No permission to set it: frames are copied, and a socket keeps its largest one.
+    return false;
+  }
+}
+
 /** A handshake that passed: the user, the address, and the welcome's reads when started. */
 export interface Admitted {
   user: UserRecord;

@@ -12,6 +12,7 @@ import { createNode } from "../chat/node.ts";
 import type { ServerFrame } from "../chat/protocol.ts";
 import { createApp } from "../routes/app.ts";
 import type { AppOptions } from "../routes/app.ts";
+import { preferVectoredWrites } from "../routes/ws.ts";
 
 /** A server running in this process. */
 export interface TestServer {
@@ -40,6 +41,8 @@ export async function tempKvPath(): Promise<string> {
 
 /** Starts a node and its app on port 0. */
 export async function startServer(options: StartOptions = {}): Promise<TestServer> {
+  // As main.ts does: the frames of every test go out as in production.
+  preferVectoredWrites(Deno.env);
   const kv = await Deno.openKv(options.kvPath ?? await tempKvPath());
   const config = defaultConfig({
     CHAT_BUS: ["none"],

@@ -2,6 +2,7 @@
  * The core chat service over a real socket: a real server on port 0 and real WebSocket clients.
  */
 import assert from "node:assert/strict";
+import { preferVectoredWrites } from "../routes/ws.ts";
 import { signIn, startServer, TestClient, uniqueName } from "./_harness.ts";
 
 Deno.test("sign-in offers a unique default name and issues a token a reconnect reuses", async () => {
@@ -261,6 +262,50 @@ Deno.test("presence in a crowd: only direct-chat peers and watched users, and th
   const count = await cc.next("presence", (f) => f.count === 3, 8000);
   assert.deepEqual(named(count).filter((x) => x.startsWith("bob")), []);
   await cd.close();
+});
+
+Deno.test("vectored writes: on unless the environment says otherwise", () => {
+  const env = (init: Record<string, string>) => {
+    const map = new Map(Object.entries(init));
+    return { map, get: (k: string) => map.get(k), set: (k: string, v: string) => map.set(k, v) };
+  };
+  const unset = env({});
+  assert.equal(preferVectoredWrites(unset), true);
+  assert.equal(unset.map.get("DENO_USE_WRITEV"), "1");
+  const off = env({ DENO_USE_WRITEV: "" });
+  assert.equal(preferVectoredWrites(off), false);
+  assert.equal(off.map.get("DENO_USE_WRITEV"), "", "an explicit choice is kept");
+  const denied = {
+    get: () => undefined,
+    set: () => {
+      throw new Error("no --allow-env");
+    },
+  };
+  assert.equal(preferVectoredWrites(denied), false);
+});
+
+Deno.test("frames far over 1 KB (vectored writes) arrive whole, multibyte text intact", async () => {
+  await using server = await startServer({
+    config: { CHAT_RATE_BURST: 100, CHAT_MAX_MESSAGE_BYTES: 20_000 },
+  });
+  const a = await signIn(server.url, uniqueName("ann"));
+  await using ca = await TestClient.connect(server, a.token);
+  const conv = (await ca.request({ type: "group.create", name: "Big" }, "conversation"))
+    .conversation.id;
+  assert.equal(Deno.env.get("DENO_USE_WRITEV"), "1", "the harness runs the tests with them on");
+  // 3-byte characters and a 4-byte one (a surrogate pair), from under 1 KB to 15 KB a message.
+  const texts = [10, 300, 2_000, 6_000, 6_000].map((n, i) =>
+    `${i}:` + "汉字😀".repeat(n).slice(0, n)
+  );
+  for (const [i, text] of texts.entries()) ca.send({ type: "send", id: `big-${i}`, conv, text });
+  for (const [i, text] of texts.entries()) {
+    const got = await ca.next("message", (f) => f.id === `big-${i}`);
+    assert.equal(got.text, text);
+  }
+  const page = await ca.request({ type: "history", conv, limit: 50 }, "history");
+  assert.deepEqual(page.messages.slice(-5).map((m: { text: string }) => m.text), texts);
+  const bytes = new TextEncoder().encode(JSON.stringify(page)).length;
+  assert.ok(bytes > 30_000, `the page's frame is ${bytes} bytes`);
 });
 
 Deno.test("history pages over the socket and REST, members only", async () => {

@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { exists } from "./lib.ts";
 
 /** What a quota's group has seen since it was made. */
 export interface QuotaStat {
@@ -31,15 +32,6 @@ export interface CpuQuota {
   remove(): Promise<void>;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Parses `key value` lines (`cpu.stat`). */
 function parseStat(text: string): Map<string, number> {
   const out = new Map<string, number>();
@@ -48,6 +40,33 @@ function parseStat(text: string): Map<string, number> {
     if (key && value !== undefined) out.set(key, Number(value));
   }
   return out;
+}
+
+/**
+ * The quota of the group in `dir`. The hierarchies name the throttled time in `cpu.stat`
+ * differently: v2 `throttled_usec` (µs), v1 `throttled_time` (ns, so `perUs` 1000).
+ */
+function quotaIn(
+  dir: string,
+  cores: number,
+  periodUs: number,
+  throttledKey: string,
+  perUs: number,
+): CpuQuota {
+  return {
+    procs: `${dir}/cgroup.procs`,
+    cores,
+    periodUs,
+    async stat() {
+      const stat = parseStat(await Deno.readTextFile(`${dir}/cpu.stat`));
+      return {
+        throttledUs: (stat.get(throttledKey) ?? 0) / perUs,
+        periods: stat.get("nr_periods") ?? 0,
+        throttled: stat.get("nr_throttled") ?? 0,
+      };
+    },
+    remove: () => Deno.remove(dir).catch(() => {}),
+  };
 }
 
 /**
@@ -70,20 +89,7 @@ export async function createCpuQuota(
     const dir = `${v2}/${name}`;
     await Deno.mkdir(dir, { recursive: true });
     await Deno.writeTextFile(`${dir}/cpu.max`, `${quotaUs} ${periodUs}`);
-    return {
-      procs: `${dir}/cgroup.procs`,
-      cores,
-      periodUs,
-      async stat() {
-        const stat = parseStat(await Deno.readTextFile(`${dir}/cpu.stat`));
-        return {
-          throttledUs: stat.get("throttled_usec") ?? 0,
-          periods: stat.get("nr_periods") ?? 0,
-          throttled: stat.get("nr_throttled") ?? 0,
-        };
-      },
-      remove: () => Deno.remove(dir).catch(() => {}),
-    };
+    return quotaIn(dir, cores, periodUs, "throttled_usec", 1);
   }
   const v1 = "/sys/fs/cgroup/cpu";
   if (await exists(`${v1}/cpu.cfs_quota_us`)) {
@@ -92,20 +98,7 @@ export async function createCpuQuota(
     // The period first: a quota is checked against the period in force.
     await Deno.writeTextFile(`${dir}/cpu.cfs_period_us`, String(periodUs));
     await Deno.writeTextFile(`${dir}/cpu.cfs_quota_us`, String(quotaUs));
-    return {
-      procs: `${dir}/cgroup.procs`,
-      cores,
-      periodUs,
-      async stat() {
-        const stat = parseStat(await Deno.readTextFile(`${dir}/cpu.stat`));
-        return {
-          throttledUs: (stat.get("throttled_time") ?? 0) / 1000,
-          periods: stat.get("nr_periods") ?? 0,
-          throttled: stat.get("nr_throttled") ?? 0,
-        };
-      },
-      remove: () => Deno.remove(dir).catch(() => {}),
-    };
+    return quotaIn(dir, cores, periodUs, "throttled_time", 1000);
   }
   throw new Error(
     `cpu quota: expected a cgroup v2 "cpu" controller in ${v2}/cgroup.controllers or cgroup v1 ` +

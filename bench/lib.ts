@@ -170,6 +170,16 @@ export function round(x: number, digits = 2): number {
 /** Resolves after `ms` milliseconds. */
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Whether a file or directory exists at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Environment for our server in every benchmark tool: the abuse limits raised so a run measures
  * throughput, not the limits.

@@ -19,6 +19,7 @@
 import {
   cpuMs,
   DM_TARGETS,
+  exists,
   loadCommand,
   OURS_ENV,
   parseArgs,
@@ -168,15 +169,6 @@ const targets = (args.targets ? args.targets.split(",") : defaultTargets)
     }
     return true;
   });
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // ---- Processes ----------------------------------------------------------------------------
 

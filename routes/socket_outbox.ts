@@ -25,10 +25,11 @@ export interface SocketOutboxOptions {
   /** Frames per batch frame at most (default 256); more go out in further batch frames. */
   maxFrames?: number;
   /**
-   * Characters per batch frame at most (default 64 KiB), unless one frame is longer. Deno keeps
-   * memory per socket in proportion to the largest frame it was sent, for the socket's life (a
-   * 48 KB frame: 55 KB more RSS per idle socket, measured on the minimal relay), so a batch is
-   * capped well below what a burst could fill; 256 frames of a typical message fit in 64 KiB.
+   * Characters per batch frame at most (default 64 KiB), unless one frame is longer. 256 frames
+   * of a typical message fit; at the top fan-out step it gave a lower p99 than 256 KiB and than
+   * 16 KiB (docs/benchmarks.md, "Session of 2026-12-06, later"). It was also chosen while Deno
+   * kept a buffer the size of a socket's largest frame; vectored writes (`preferVectoredWrites`
+   * in routes/ws.ts) have since removed that cost.
    */
   maxChars?: number;
 }

@@ -464,6 +464,10 @@ Deno.test("hub: hubs linked only by the KV relay deliver everything in order", a
     attachLive(node.hub, conn, { lobby: 0, "g:y": 0 });
     return conn;
   });
+  // A node that has heard no other writes no relay entries, and its envelopes (the presence of
+  // the connections above) wait up to `aloneFlushMs` (50 ms); what it commits meanwhile reaches
+  // the others through the heads heartbeat, not started here. Post once every node is relaying.
+  await until(() => c.nodes.every((n) => (n.bus as KvBus).relaying), "nodes hearing each other");
   // Many small commits: the watch coalesces its updates; each read lists every new entry.
   for (let round = 0; round < 10; round++) {
     await Promise.all(range(1, 30).map((i) => c.post(i % 3, i % 4 ? "lobby" : "g:y")));

@@ -5,7 +5,7 @@
  * SQLite thread (`sw-0`) included, and the kernel's share of each socket write.
  *
  *   deno run -A bench/perf_split.ts [--mode fanout|dm] [--clients 500] [--rate 50000]
- *     [--seconds 4] [--targets ours,relay,kvrelay] [--top 8]
+ *     [--seconds 4] [--targets ours,relay,kvrelay] [--top 8] [--kv-dir /dev/shm]
  *
  * For each target: starts the server on core 0 (`--v8-flags=--perf-basic-prof`, so JIT frames
  * have names), starts `bench/load.ts` on core 1, waits for every client's join and a second of
@@ -109,9 +109,11 @@ export async function split(
     rate: number;
     seconds: number;
     top: number;
+    /** Where the KV files go (`/dev/shm`: no fsync cost); the system's temp dir by default. */
+    kvDir?: string;
   },
 ): Promise<Split> {
-  const dir = await Deno.makeTempDir({ prefix: "perfsplit-" });
+  const dir = await Deno.makeTempDir({ prefix: "perfsplit-", dir: options.kvDir });
   const port = 20000 + Math.floor(Math.random() * 10000); // below the ephemeral range
   const server = startServer(target, port, dir);
   const url = `http://127.0.0.1:${port}`;
@@ -212,6 +214,7 @@ if (import.meta.main) {
     rate: Number(args.rate ?? 50000),
     seconds: Number(args.seconds ?? 4),
     top: Number(args.top ?? 8),
+    kvDir: args["kv-dir"],
   };
   const targets = (args.targets ?? "ours,relay").split(",");
   const splits: Split[] = [];

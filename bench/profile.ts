@@ -2,6 +2,7 @@
  * Profiles our server under the fan-out workload and names the hot functions.
  *
  *   deno run -A bench/profile.ts [--clients 500] [--rate 50000] [--seconds 8] [--top 25]
+ *     [--kv-dir /dev/shm]
  *   deno run -A bench/profile.ts --summarize path/to/CPU.cpuprofile [--skip 6]
  *
  * `--skip S` leaves the profile's first S seconds out of the tables (the start, the sign-ins and
@@ -115,7 +116,7 @@ if (import.meta.main) {
     );
     Deno.exit(0);
   }
-  const dir = await Deno.makeTempDir({ prefix: "chatprof-" });
+  const dir = await Deno.makeTempDir({ prefix: "chatprof-", dir: args["kv-dir"] });
   const port = 20000 + Math.floor(Math.random() * 10000); // below the ephemeral range
   const env = { ...OURS_ENV, CHAT_KV_PATH: `${dir}/chat.kv` };
   const server = new Deno.Command("taskset", {

@@ -38,7 +38,12 @@ const SERVER_CORES = args["server-cores"] ?? "0";
 const CLIENT_CORES = args["client-cores"] ?? "1";
 const BUN = `${BENCH}/node_modules/bun/bin/bun.exe`;
 const NODE_MODULES = `${BENCH}/node_modules`;
-const tmp = await Deno.makeTempDir({ prefix: "chatbench-" });
+/**
+ * `--kv-dir /dev/shm`: where the servers' KV files (and their logs) go; by default the system's
+ * temp dir, on disk. In a tmpfs a commit's `fsync` costs nothing, which separates what the disk
+ * costs from what the server's CPU costs (docs/benchmarks.md, "Direct messages without the disk").
+ */
+const tmp = await Deno.makeTempDir({ prefix: "chatbench-", dir: args["kv-dir"] });
 const started = Date.now();
 const quickBudgetMs = 58_000;
 
@@ -1421,6 +1426,8 @@ if (args.render) {
 const needNode = targets.some((t) => TARGETS[t].node) || want("w5");
 await ensureNodeDeps(needNode);
 const env = await environment();
+/** The file system of the KV files: `tmpfs` (no fsync cost) or a disk's (`ext2/ext3`, say). */
+const kvFilesystem = await sh(`stat -f -c %T ${tmp}`);
 console.error(
   `bench: targets ${targets.join(", ")}; ${quick ? "quick" : "full"} run; tmp ${tmp}`,
 );
@@ -1466,6 +1473,7 @@ const doc = {
   durationS: round((Date.now() - started) / 1000, 1),
   environment: env,
   loadAverageAtEnd: await sh("cut -d' ' -f1-3 /proc/loadavg"),
+  kvFilesystem: kvFilesystem,
   params: P,
   backgroundCpuBeforeRuns: noiseLog,
   results,
@@ -1475,7 +1483,7 @@ await Deno.mkdir(outDir, { recursive: true });
 const md = `## Benchmark ${doc.date}${quick ? " (quick)" : ""}\n\n` +
   `Machine: ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB, Linux ${env.kernel}; load average at start ${env.loadAverageAtStart}.\n` +
   `Versions: ${Object.entries(env.versions).map(([n, v]) => `${n} ${v}`).join(", ")}.\n` +
-  `Server on core ${SERVER_CORES}, generator on core ${CLIENT_CORES}. Command: \`${env.command}\`.\n\n` +
+  `Server on core ${SERVER_CORES}, generator on core ${CLIENT_CORES}; KV files on ${kvFilesystem}. Command: \`${env.command}\`.\n\n` +
   markdown() + "\n";
 await Deno.writeTextFile(
   `${outDir}/${date}.json`,

@@ -1473,7 +1473,7 @@ const doc = {
   durationS: round((Date.now() - started) / 1000, 1),
   environment: env,
   loadAverageAtEnd: await sh("cut -d' ' -f1-3 /proc/loadavg"),
-  kvFilesystem: kvFilesystem,
+  kvFilesystem,
   params: P,
   backgroundCpuBeforeRuns: noiseLog,
   results,

@@ -3,7 +3,7 @@
  * load generator pinned to core 1, and writes `bench/results/<date>.json` and `.md`.
  *
  *   deno task bench                      # everything (about half an hour on 2 cores)
- *   deno task bench --quick              # CI smoke run: ours + Deno relay, small N, < 60 s
+ *   deno task bench --quick              # CI smoke run: ours + Deno relay, small N, about a minute
  *   deno task bench --only w1,w4 --targets ours,relay,socketio
  *
  * Workloads (see docs/benchmarks.md): w1 group fan-out knee, w2 closed-loop rounds, w3 direct

@@ -10,7 +10,8 @@
  * - `+checks`: and the checks of the head's versionstamp and of the dedupe key's absence;
  * - `ours`: and the block check, as `chat/message_log.ts` commits a direct message.
  *
- * Every message is in a conversation of its own, as direct messages between random pairs are.
+ * Keys come from `chat/keys.ts`, so the rows are the log's own. Every message is in a
+ * conversation of its own, as direct messages between random pairs are.
  * Rounds repeat the shapes in turn, so a drift of the machine shows as a spread.
  *
  *   taskset -c 0 deno run -A --unstable-kv bench/kv_batch_cost.ts [--batch 10] [--commits 3000]
@@ -18,6 +19,7 @@
  *
  * @module
  */
+import { blockKey, dedupeKey, headKey, messageKey } from "../chat/keys.ts";
 import { parseArgs, round } from "./lib.ts";
 
 /** Which parts of our log's commit a shape writes, beyond the message and the head. */
@@ -35,7 +37,8 @@ const SHAPES: Record<string, Shape> = {
   "+checks": { dedupe: true, expire: true, checks: true, block: false },
   ours: { dedupe: true, expire: true, checks: true, block: true },
 };
-const DAY_MS = 86_400_000;
+/** `expireIn` of the message and its dedupe key: the log's default retention, 30 days. */
+const EXPIRE = { expireIn: 30 * 86_400_000 };
 
 const args = parseArgs(Deno.args);
 const batch = Number(args.batch ?? 10);
@@ -72,20 +75,17 @@ async function run(kv: Deno.Kv, name: string, shape: Shape, tag: number) {
         ts: Date.now(),
         kind: "text",
       };
+      const expire = shape.expire ? EXPIRE : undefined;
       if (shape.checks) {
-        atomic.check({ key: ["h", conv], versionstamp: heads.get(conv) ?? null });
-        if (shape.dedupe) atomic.check({ key: ["dd", from, message.id], versionstamp: null });
+        atomic.check({ key: headKey(conv), versionstamp: heads.get(conv) ?? null });
+        if (shape.dedupe) atomic.check({ key: dedupeKey(from, message.id), versionstamp: null });
       }
-      if (shape.block) atomic.check({ key: ["b", to, from], versionstamp: null });
-      atomic.set(["m", conv, seq], message, shape.expire ? { expireIn: DAY_MS } : undefined);
+      if (shape.block) atomic.check({ key: blockKey(to, from), versionstamp: null });
+      atomic.set(messageKey(conv, seq), message, expire);
       if (shape.dedupe) {
-        atomic.set(
-          ["dd", from, message.id],
-          { conv, seq, ts: message.ts },
-          shape.expire ? { expireIn: 30 * DAY_MS } : undefined,
-        );
+        atomic.set(dedupeKey(from, message.id), { conv, seq, ts: message.ts }, expire);
       }
-      atomic.set(["h", conv], seq);
+      atomic.set(headKey(conv), seq);
     }
     const t1 = performance.now();
     const pending = atomic.commit();

@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { dedupeKey, headKey, messageKey, RELAY_COUNT_KEY, RELAY_LOG_PREFIX } from "../chat/keys.ts";
 import { cpuMs, Histogram, parseArgs, round } from "./lib.ts";
 
 /** What one commit writes: each part is a piece of our message log's commit. */
@@ -63,9 +64,7 @@ async function run(shape: string): Promise<Record<string, unknown>> {
   const kv = await Deno.openKv(`${dir}/x.kv`);
   let watching = true;
   if (shape.endsWith("+watch")) {
-    const keys = shape === "log+watch"
-      ? [["relay", "count"]]
-      : [["relay", "count"], ["relay", "nodes"]];
+    const keys = shape === "log+watch" ? [RELAY_COUNT_KEY] : [RELAY_COUNT_KEY, ["relay", "nodes"]];
     (async () => {
       for await (const _ of kv.watch(keys)) if (!watching) break;
     })().catch(() => {});
@@ -89,21 +88,21 @@ async function run(shape: string): Promise<Record<string, unknown>> {
     };
     const atomic = kv.atomic();
     const expire = parts.expire ? { expireIn: 30 * 86_400_000 } : undefined;
-    if (parts.message) atomic.set(["msg", "g:bench", seq], message, expire);
+    if (parts.message) atomic.set(messageKey("g:bench", seq), message, expire);
     if (parts.checks) {
-      atomic.check({ key: ["head", "g:bench"], versionstamp: head });
-      atomic.check({ key: ["dedupe", "u_bench", message.id], versionstamp: null });
+      atomic.check({ key: headKey("g:bench"), versionstamp: head });
+      atomic.check({ key: dedupeKey("u_bench", message.id), versionstamp: null });
     }
     if (parts.dedupe) {
-      atomic.set(["dedupe", "u_bench", message.id], { conv: "g:bench", seq }, expire);
+      atomic.set(dedupeKey("u_bench", message.id), { conv: "g:bench", seq }, expire);
     }
-    if (parts.head) atomic.set(["head", "g:bench"], seq);
-    if (parts.prune && seq > PRUNE_BEHIND) atomic.delete(["msg", "g:bench", seq - PRUNE_BEHIND]);
+    if (parts.head) atomic.set(headKey("g:bench"), seq);
+    if (parts.prune && seq > PRUNE_BEHIND) atomic.delete(messageKey("g:bench", seq - PRUNE_BEHIND));
     if (parts.relay) {
-      atomic.set(["relay", "log", kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
+      atomic.set([...RELAY_LOG_PREFIX, kv.commitVersionstamp()], { heads: { "g:bench": seq } }, {
         expireIn: 600_000,
       });
-      atomic.sum(["relay", "count"], 1n);
+      atomic.sum(RELAY_COUNT_KEY, 1n);
     }
     const started = performance.now();
     const result = await atomic.commit();

@@ -156,7 +156,7 @@ async function measure(
     return (result.steps ?? []).map((s: Record<string, number>) => ({
       rate: s.rate,
       reach: s.reachMin ?? s.reach,
-      p99: s.p99,
+      p99: round(s.p99, 1),
       serverCpu: s.serverCpu,
       clientCpu: s.clientCpu,
     }));
@@ -213,7 +213,14 @@ if (import.meta.main) {
     "| target | step | passed | p99 ms by round (server CPU %) | p99 median | reach min |",
   );
   console.log("| --- | --- | --- | --- | --- | --- |");
+  const kneeOf = (run: StepResult[]) =>
+    Math.max(
+      0,
+      ...run.filter((s) => s.reach >= 1 && s.p99 <= limit).map((s) => s.rate),
+    );
   for (const t of targets) {
+    const knees = results.get(t.spec)!.map((run) => `${kneeOf(run) / 1000}k`);
+    console.log(`| ${t.spec} | knee by round | ${knees.join(", ")} | | | |`);
     for (const rate of options.rates) {
       const steps = results.get(t.spec)!.map((run) => run.findLast((s) => s.rate === rate));
       const got = steps.filter((s): s is StepResult => s !== undefined);

@@ -53,6 +53,16 @@ export interface StepResult {
   clientCpu: number;
 }
 
+/** The knee of one run: its highest step with reach 1.0 and p99 ≤ `limit` ms; 0 when none. */
+export function knee(steps: readonly StepResult[], limit: number): number {
+  return Math.max(0, ...steps.filter((s) => passes(s, limit)).map((s) => s.rate));
+}
+
+/** Whether a step passed: reach 1.0 and p99 ≤ `limit` ms. */
+export function passes(step: StepResult, limit: number): boolean {
+  return step.reach >= 1 && step.p99 <= limit;
+}
+
 function serverCommand(t: TargetSpec, port: number, kvFile: string): string[] {
   switch (t.name) {
     case "ours":
@@ -213,18 +223,13 @@ if (import.meta.main) {
     "| target | step | passed | p99 ms by round (server CPU %) | p99 median | reach min |",
   );
   console.log("| --- | --- | --- | --- | --- | --- |");
-  const kneeOf = (run: StepResult[]) =>
-    Math.max(
-      0,
-      ...run.filter((s) => s.reach >= 1 && s.p99 <= limit).map((s) => s.rate),
-    );
   for (const t of targets) {
-    const knees = results.get(t.spec)!.map((run) => `${kneeOf(run) / 1000}k`);
+    const knees = results.get(t.spec)!.map((run) => `${knee(run, limit) / 1000}k`);
     console.log(`| ${t.spec} | knee by round | ${knees.join(", ")} | | | |`);
     for (const rate of options.rates) {
       const steps = results.get(t.spec)!.map((run) => run.findLast((s) => s.rate === rate));
       const got = steps.filter((s): s is StepResult => s !== undefined);
-      const passed = got.filter((s) => s.reach >= 1 && s.p99 <= limit).length;
+      const passed = got.filter((s) => passes(s, limit)).length;
       const cells = steps.map((s) => s ? `${s.p99} (${round(s.serverCpu, 0)})` : "–").join("; ");
       console.log(
         `| ${t.spec} | ${rate / 1000}k | ${passed} of ${steps.length} | ${cells} | ` +

@@ -10,9 +10,10 @@
  *
  * A target is `ours`, `relay` or `kvrelay`, optionally `@DIR`: the same target from another
  * checkout of this repository (`git worktree add /tmp/old <commit>`; `ours@/tmp/old`), to set two
- * builds side by side. Servers run on core 0 and the load generator (`bench/load.ts`) on core 1,
- * a fresh server (and KV file) per target and round. Prints p99 ms and server CPU % per step and
- * round, and how many rounds passed (reach 1.0 and p99 ≤ `--limit`).
+ * builds side by side; and optionally `+KEY=VALUE` (more than once): environment for its server
+ * (`ours+CHAT_BUS=broadcast`). Servers run on core 0 and the load generator (`bench/load.ts`) on
+ * core 1, a fresh server (and KV file) per target and round. Prints p99 ms and server CPU % per
+ * step and round, and how many rounds passed (reach 1.0 and p99 ≤ `--limit`).
  *
  * @module
  */
@@ -26,22 +27,30 @@ export interface TargetSpec {
   spec: string;
   name: string;
   root: string;
+  /** Environment for the server beyond the benchmark's own (`+KEY=VALUE` in the spec). */
+  env: Record<string, string>;
 }
 
-/** Parses `name` or `name@dir`; throws on a name this tool cannot start. */
+/**
+ * Parses `name[@dir][+KEY=VALUE…]`: a target, the checkout it runs from, and environment
+ * variables for its server (`ours+CHAT_BUS=broadcast`). Throws on a name this tool cannot start.
+ */
 export function parseTarget(spec: string, root = ROOT): TargetSpec {
-  const at = spec.indexOf("@");
-  const name = at < 0 ? spec : spec.slice(0, at);
+  const [head, ...vars] = spec.split("+");
+  const at = head.indexOf("@");
+  const name = at < 0 ? head : head.slice(0, at);
   if (!["ours", "relay", "kvrelay"].includes(name)) {
     throw new Error(
-      `Expected a target ours, relay or kvrelay (optionally @DIR), got "${spec}"`,
+      `Expected a target ours, relay or kvrelay (optionally @DIR, +KEY=VALUE), got "${spec}"`,
     );
   }
-  return {
-    spec,
-    name,
-    root: at < 0 ? root : spec.slice(at + 1).replace(/\/$/, ""),
-  };
+  const env: Record<string, string> = {};
+  for (const v of vars) {
+    const eq = v.indexOf("=");
+    if (eq < 1) throw new Error(`Expected KEY=VALUE after "+" in "${spec}", got "${v}"`);
+    env[v.slice(0, eq)] = v.slice(eq + 1);
+  }
+  return { spec, name, root: at < 0 ? root : head.slice(at + 1).replace(/\/$/, ""), env };
 }
 
 /** One step of one round, as `bench/load.ts` reported it. */
@@ -123,7 +132,7 @@ async function measure(
       ...serverCommand(t, port, kvFile),
     ],
     cwd: t.root,
-    env: { ...OURS_ENV, CHAT_KV_PATH: kvFile, DENO_JOBS: "1" },
+    env: { ...OURS_ENV, CHAT_KV_PATH: kvFile, DENO_JOBS: "1", ...t.env },
     stdin: "null",
     stdout: "null",
     stderr: "null",

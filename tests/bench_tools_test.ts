@@ -27,16 +27,26 @@ Deno.test("knee: a step short of full reach does not count, and none passing is 
 });
 
 Deno.test("parseTarget: a name, optionally from another checkout", () => {
-  assert.deepEqual(parseTarget("ours", "/repo"), { spec: "ours", name: "ours", root: "/repo" });
-  assert.deepEqual(parseTarget("ours@/tmp/old/", "/repo"), {
-    spec: "ours@/tmp/old/",
+  assert.deepEqual(parseTarget("ours", "/repo"), {
+    spec: "ours",
+    name: "ours",
+    root: "/repo",
+    env: {},
+  });
+  assert.deepEqual(parseTarget("ours@/tmp/old/+CHAT_BUS=broadcast+X=a=b", "/repo"), {
+    spec: "ours@/tmp/old/+CHAT_BUS=broadcast+X=a=b",
     name: "ours",
     root: "/tmp/old",
+    env: { CHAT_BUS: "broadcast", X: "a=b" },
   });
   assert.equal(parseTarget("kvrelay@/tmp/x").root, "/tmp/x");
   assert.throws(
     () => parseTarget("bun"),
-    /Expected a target ours, relay or kvrelay \(optionally @DIR\), got "bun"/,
+    /Expected a target ours, relay or kvrelay \(optionally @DIR, \+KEY=VALUE\), got "bun"/,
+  );
+  assert.throws(
+    () => parseTarget("ours+CHAT_BUS"),
+    /Expected KEY=VALUE after "\+" in "ours\+CHAT_BUS", got "CHAT_BUS"/,
   );
 });
 

@@ -585,6 +585,8 @@ for (const w of ["w1", "w3", "w6"] as const) {
 }
 // `--w1-ns 100,500`: fewer group sizes.
 if (args["w1-ns"]) P.w1.ns = args["w1-ns"].split(",").map(Number);
+// `--w7-rate 25000`: W7's delivery rate, where the baseline is below a server's knee.
+if (args["w7-rate"]) P.w7.rate = Number(args["w7-rate"]);
 
 const results: Record<string, unknown> = {};
 const want = (w: string) => !only || only.has(w);

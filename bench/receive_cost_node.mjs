@@ -17,6 +17,7 @@ const latencies = [];
 let measuring = false;
 const now = () => performance.timeOrigin + performance.now();
 
+/** `numberAt` of bench/rawws.ts, again: Node 20 cannot import TypeScript. */
 function numberAt(buf, i) {
   let v = 0;
   let c = buf[i];

@@ -17,10 +17,18 @@
  *
  * @module
  */
-import { loadCommand, median, OURS_ENV, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
+import {
+  loadCommand,
+  median,
+  OURS_ENV,
+  parseArgs,
+  round,
+  sleep,
+  ULIMIT,
+  waitForHttp,
+} from "./lib.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
 
 /** A target's name and the checkout it runs from. */
 export interface TargetSpec {
@@ -76,36 +84,27 @@ function serverCommand(t: TargetSpec, port: number, kvFile: string): string[] {
   switch (t.name) {
     case "ours":
       return [
-        ...[
-          "deno",
-          "serve",
-          "--allow-all",
-          "--host",
-          "127.0.0.1",
-          "--port",
-          String(port),
-        ],
+        "deno",
+        "serve",
+        "--allow-all",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        String(port),
         `${t.root}/main.ts`,
       ];
     case "kvrelay":
       return [
-        ...[
-          "deno",
-          "run",
-          "-A",
-          "--unstable-kv",
-          `${t.root}/bench/peers/deno_kv_relay.ts`,
-        ],
-        ...[String(port), kvFile],
-      ];
-    default:
-      return [
         "deno",
         "run",
         "-A",
-        `${t.root}/bench/peers/deno_relay.ts`,
+        "--unstable-kv",
+        `${t.root}/bench/peers/deno_kv_relay.ts`,
         String(port),
+        kvFile,
       ];
+    default:
+      return ["deno", "run", "-A", `${t.root}/bench/peers/deno_relay.ts`, String(port)];
   }
 }
 

@@ -8,12 +8,30 @@
 /** Clock ticks per second of /proc/<pid>/stat (`getconf CLK_TCK`, 100 on Linux x86-64). */
 export const CLK_TCK = 100;
 
-/** User + system CPU milliseconds in the text of a `/proc/<pid>[/task/<tid>]/stat` file. */
-function statCpuMs(stat: string): number {
+/**
+ * The shell prefix that raises a server's or generator's open-file limit before it `exec`s:
+ * 65536 where allowed, else the hard limit.
+ */
+export const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
+
+/** User and system CPU microseconds in the text of a `/proc/<pid>[/task/<tid>]/stat` file. */
+function statCpuUs(stat: string): { user: number; system: number } {
   // The command name may contain spaces: split after the closing parenthesis.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   // fields[0] is field 3 (state); utime is field 14, stime field 15.
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+  const tick = 1e6 / CLK_TCK;
+  return { user: Number(fields[11]) * tick, system: Number(fields[12]) * tick };
+}
+
+/** User + system CPU milliseconds in the text of a `/proc/<pid>[/task/<tid>]/stat` file. */
+function statCpuMs(stat: string): number {
+  const { user, system } = statCpuUs(stat);
+  return (user + system) / 1000;
+}
+
+/** User and system CPU time of a process so far, in microseconds, apart (kernel time shows). */
+export function cpuSplitUs(pid: number): { user: number; system: number } {
+  return statCpuUs(Deno.readTextFileSync(`/proc/${pid}/stat`));
 }
 
 /** CPU time (user + system) of a process in milliseconds, or NaN when it is gone. */

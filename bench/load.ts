@@ -12,8 +12,9 @@
  *
  * Modes:
  * - `fanout`: open loop, everyone in one room; `--rates` are deliveries per second; steps up
- *   until `--fails` steps in a row fail (1 by default; reach < 1 or p99 > `--p99-limit`). `--slow F`: a fraction F of extra
- *   clients that stop reading after joining (raw TCP sockets), not counted as receivers.
+ *   until `--fails` steps in a row fail (1 by default; reach < 1 or p99 > `--p99-limit`).
+ *   `--slow F`: a fraction F of extra clients that stop reading after joining (raw TCP sockets),
+ *   not counted as receivers.
  * - `rounds`: closed loop as Bun's chat-room bench: every client sends one message, the next
  *   round starts when every client got every message.
  * - `dm`: direct messages between random pairs, `--rates` in messages per second, 10 % to

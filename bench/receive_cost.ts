@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { CLK_TCK, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
+import { cpuSplitUs, parseArgs, round, sleep, waitForHttp } from "./lib.ts";
 import { RawSocket } from "./rawws.ts";
 
 const BENCH = new URL(".", import.meta.url).pathname;
@@ -29,14 +29,6 @@ export interface ReceiveResult {
   cpuPercent: number;
   userUs: number;
   systemUs: number;
-}
-
-/** User and system CPU of a process so far, in µs (`/proc/<pid>/stat`, fields 14 and 15). */
-export function processCpuUs(pid: number): { user: number; system: number } {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const tick = 1e6 / CLK_TCK;
-  return { user: Number(fields[11]) * tick, system: Number(fields[12]) * tick };
 }
 
 async function receiver(port: number, clients: number, rate: number, seconds: number) {
@@ -57,7 +49,7 @@ async function receiver(port: number, clients: number, rate: number, seconds: nu
   }
   await sleep(1000);
   console.log("START");
-  const cpu0 = processCpuUs(Deno.pid);
+  const cpu0 = cpuSplitUs(Deno.pid);
   const t0 = performance.now();
   measuring = true;
   const timer = setInterval(
@@ -68,7 +60,7 @@ async function receiver(port: number, clients: number, rate: number, seconds: nu
   clearInterval(timer);
   await sleep(500);
   measuring = false;
-  const cpu1 = processCpuUs(Deno.pid);
+  const cpu1 = cpuSplitUs(Deno.pid);
   const elapsed = performance.now() - t0;
   console.log("STOP");
   latencies.sort((a, b) => a - b);
@@ -104,8 +96,8 @@ async function measure(cmd: string[], relayPid: number) {
   const decoder = new TextDecoder();
   for await (const chunk of child.stdout) {
     text += decoder.decode(chunk, { stream: true });
-    if (!before && text.includes("START\n")) before = processCpuUs(relayPid);
-    if (!after && text.includes("STOP\n")) after = processCpuUs(relayPid);
+    if (!before && text.includes("START\n")) before = cpuSplitUs(relayPid);
+    if (!after && text.includes("STOP\n")) after = cpuSplitUs(relayPid);
   }
   await child.status;
   const line = text.split("\n").find((l) => l.startsWith("RESULT "));

@@ -26,6 +26,7 @@ import {
   round,
   sleep,
   systemBusyMs,
+  ULIMIT,
 } from "./lib.ts";
 import { canUseCpuQuota, type CpuQuota, createCpuQuota, type QuotaStat } from "./cpu_quota.ts";
 
@@ -177,7 +178,6 @@ const targets = (args.targets ? args.targets.split(",") : defaultTargets)
 
 // ---- Processes ----------------------------------------------------------------------------
 
-const ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"';
 // Below the ephemeral range (32768 and up), where the clients' own ports would collide.
 let nextPort = 20000 + Math.floor(Math.random() * 10000);
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { knee, parseTarget, type StepResult } from "../bench/interleave.ts";
-import { processCpuUs } from "../bench/receive_cost.ts";
+import { cpuSplitUs } from "../bench/lib.ts";
 import { batchElements, indexOfBytes, numberAt } from "../bench/rawws.ts";
 
 const encoder = new TextEncoder();
@@ -50,13 +50,13 @@ Deno.test("parseTarget: a name, optionally from another checkout", () => {
   );
 });
 
-Deno.test("processCpuUs: this process's user and system time grows with work", () => {
-  const before = processCpuUs(Deno.pid);
+Deno.test("cpuSplitUs: this process's user and system time grows with work", () => {
+  const before = cpuSplitUs(Deno.pid);
   assert.ok(before.user >= 0 && before.system >= 0);
   const until = performance.now() + 120;
   let x = 0;
   while (performance.now() < until) x += Math.sqrt(x + 1);
-  const after = processCpuUs(Deno.pid);
+  const after = cpuSplitUs(Deno.pid);
   assert.ok(x > 0);
   // /proc counts in ticks of 10 ms: 120 ms of work shows as at least 50 ms.
   assert.ok(

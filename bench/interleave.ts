@@ -8,25 +8,17 @@
  *   deno run -A bench/interleave.ts [--mode fanout|dm] [--clients 1000] [--rates 25000,50000]
  *     [--targets ours,relay] [--rounds 4] [--seconds 2] [--reps 3] [--limit 25] [--kv-dir DIR]
  *
- * A target is `ours`, `relay` or `kvrelay`, optionally `@DIR`: the same target from another
- * checkout of this repository (`git worktree add /tmp/old <commit>`; `ours@/tmp/old`), to set two
- * builds side by side; and optionally `+KEY=VALUE` (more than once): environment for its server
+ * A target is one of `bench/targets.ts` (`ours`, `relay`, `kvrelay`, `socketio`, …), optionally
+ * `@DIR`: the same target from another checkout of this repository (`git worktree add /tmp/old
+ * <commit>`; `ours@/tmp/old`), to set two builds side by side; and optionally `+KEY=VALUE` (more than once): environment for its server
  * (`ours+CHAT_BUS=broadcast`). Servers run on core 0 and the load generator (`bench/load.ts`) on
  * core 1, a fresh server (and KV file) per target and round. Prints p99 ms and server CPU % per
  * step and round, and how many rounds passed (reach 1.0 and p99 ≤ `--limit`).
  *
  * @module
  */
-import {
-  loadCommand,
-  median,
-  OURS_ENV,
-  parseArgs,
-  round,
-  sleep,
-  ULIMIT,
-  waitForHttp,
-} from "./lib.ts";
+import { loadCommand, median, parseArgs, round, sleep, ULIMIT, waitForHttp } from "./lib.ts";
+import { ensureNodeDeps, NODE_MODULES, TARGETS } from "./targets.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -47,9 +39,10 @@ export function parseTarget(spec: string, root = ROOT): TargetSpec {
   const [head, ...vars] = spec.split("+");
   const at = head.indexOf("@");
   const name = at < 0 ? head : head.slice(0, at);
-  if (!["ours", "relay", "kvrelay"].includes(name)) {
+  if (!TARGETS[name]) {
     throw new Error(
-      `Expected a target ours, relay or kvrelay (optionally @DIR, +KEY=VALUE), got "${spec}"`,
+      `Expected a target ${Object.keys(TARGETS).join(", ")} (optionally @DIR, +KEY=VALUE), ` +
+        `got "${spec}"`,
     );
   }
   const env: Record<string, string> = {};
@@ -80,34 +73,6 @@ export function passes(step: StepResult, limit: number): boolean {
   return step.reach >= 1 && step.p99 <= limit;
 }
 
-function serverCommand(t: TargetSpec, port: number, kvFile: string): string[] {
-  switch (t.name) {
-    case "ours":
-      return [
-        "deno",
-        "serve",
-        "--allow-all",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(port),
-        `${t.root}/main.ts`,
-      ];
-    case "kvrelay":
-      return [
-        "deno",
-        "run",
-        "-A",
-        "--unstable-kv",
-        `${t.root}/bench/peers/deno_kv_relay.ts`,
-        String(port),
-        kvFile,
-      ];
-    default:
-      return ["deno", "run", "-A", `${t.root}/bench/peers/deno_relay.ts`, String(port)];
-  }
-}
-
 /** Starts `t` on core 0, runs the steps from core 1, stops it; the steps measured. */
 async function measure(
   t: TargetSpec,
@@ -122,16 +87,17 @@ async function measure(
   dir: string,
 ): Promise<StepResult[]> {
   const port = 20000 + Math.floor(Math.random() * 10000); // below the ephemeral range
-  const kvFile = `${dir}/${t.name}-${port}.kv`;
+  const def = TARGETS[t.name];
+  const opts = { dir, root: t.root };
   const server = new Deno.Command("bash", {
     args: [
       "-c",
       `${ULIMIT}; exec taskset -c 0 "$@"`,
       "bash",
-      ...serverCommand(t, port, kvFile),
+      ...def.cmd(port, opts),
     ],
     cwd: t.root,
-    env: { ...OURS_ENV, CHAT_KV_PATH: kvFile, DENO_JOBS: "1", ...t.env },
+    env: { ...def.env?.(opts), ...t.env, NODE_PATH: NODE_MODULES },
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -142,7 +108,7 @@ async function measure(
       throw new Error(`${t.spec} did not answer on ${url}`);
     }
     const cmd = loadCommand({
-      target: t.name,
+      target: def.loadAs ?? t.name,
       url,
       serverPid: server.pid,
       mode: options.mode,
@@ -156,6 +122,7 @@ async function measure(
         "no-stop": "true",
         "p99-limit": options.limit,
         ...(options.mode === "dm" ? { offline: 0.1 } : {}),
+        ...def.loadFlags,
       },
     });
     const out = await new Deno.Command("bash", {
@@ -199,6 +166,7 @@ if (import.meta.main) {
   const limit = options.limit;
   const rounds = Number(args.rounds ?? 4);
   const targets = (args.targets ?? "ours,relay").split(",").map((s) => parseTarget(s));
+  await ensureNodeDeps(targets.some((t) => TARGETS[t.name].node));
   const dir = await Deno.makeTempDir({
     prefix: "interleave-",
     dir: args["kv-dir"],

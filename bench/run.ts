@@ -28,6 +28,13 @@ import {
   systemBusyMs,
   ULIMIT,
 } from "./lib.ts";
+import {
+  BUN,
+  ensureNodeDeps,
+  NODE_MODULES,
+  type ServerOpts as TargetOpts,
+  TARGETS,
+} from "./targets.ts";
 import { canUseCpuQuota, type CpuQuota, createCpuQuota, type QuotaStat } from "./cpu_quota.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -37,8 +44,6 @@ const quick = args.quick === "true";
 const only = args.only ? new Set(args.only.split(",")) : undefined;
 const SERVER_CORES = args["server-cores"] ?? "0";
 const CLIENT_CORES = args["client-cores"] ?? "1";
-const BUN = `${BENCH}/node_modules/bun/bin/bun.exe`;
-const NODE_MODULES = `${BENCH}/node_modules`;
 /**
  * `--kv-dir /dev/shm`: where the servers' KV files (and their logs) go; by default the system's
  * temp dir, on disk. In a tmpfs a commit's `fsync` costs nothing, which separates what the disk
@@ -50,113 +55,8 @@ const quickBudgetMs = 58_000;
 
 // ---- Targets ------------------------------------------------------------------------------
 
-interface TargetDef {
-  name: string;
-  label: string;
-  cmd(port: number, opts: ServerOpts): string[];
-  env?(opts: ServerOpts): Record<string, string>;
-  node?: boolean;
-  /** The load generator's `--target` for it, when not its name. */
-  loadAs?: string;
-  /** Flags the load generator gets for it. */
-  loadFlags?: Record<string, string>;
-}
-
-interface ServerOpts {
-  workers?: number;
-  cores?: string;
-  /** Cores' worth of CPU the whole server may use (a cgroup quota), when set. */
-  quota?: number;
-  env?: Record<string, string>;
-}
-
-const TARGETS: Record<string, TargetDef> = {
-  ours: {
-    name: "ours",
-    label: "ours (Hono + KV)",
-    cmd: (port, o) => [
-      "deno",
-      "serve",
-      "--allow-all",
-      ...((o.workers ?? 1) > 1 ? ["--parallel"] : []),
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      `${ROOT}/main.ts`,
-    ],
-    env: (o) => ({
-      ...OURS_ENV,
-      CHAT_KV_PATH: `${tmp}/ours-${crypto.randomUUID().slice(0, 8)}.kv`,
-      DENO_JOBS: String(o.workers ?? 1),
-      ...o.env,
-    }),
-  },
-  single: {
-    name: "single",
-    label: "ours, single frames",
-    cmd: (port, o) => TARGETS.ours.cmd(port, o),
-    env: (o) => TARGETS.ours.env!(o),
-    loadAs: "ours",
-    loadFlags: { batch: "false" },
-  },
-  relay: {
-    name: "relay",
-    label: "Deno relay",
-    cmd: (
-      port,
-    ) => ["deno", "run", "-A", `${BENCH}/peers/deno_relay.ts`, String(port)],
-  },
-  framed: {
-    name: "framed",
-    label: "Deno relay, our frame",
-    cmd: (port) => [
-      "deno",
-      "run",
-      "-A",
-      `${BENCH}/peers/deno_kv_relay.ts`,
-      String(port),
-      "--no-store",
-    ],
-  },
-  kvrelay: {
-    name: "kvrelay",
-    label: "Deno relay, our frame, KV",
-    cmd: (port) => [
-      "deno",
-      "run",
-      "-A",
-      "--unstable-kv",
-      `${BENCH}/peers/deno_kv_relay.ts`,
-      String(port),
-      `${tmp}/kvrelay-${crypto.randomUUID().slice(0, 8)}.kv`,
-    ],
-  },
-  ws: {
-    name: "ws",
-    label: "Node + ws",
-    node: true,
-    cmd: (port) => ["node", `${BENCH}/peers/node_ws.mjs`, String(port)],
-  },
-  socketio: {
-    name: "socketio",
-    label: "Socket.IO 4.8",
-    node: true,
-    cmd: (port) => ["node", `${BENCH}/peers/socketio.mjs`, String(port)],
-  },
-  uws: {
-    name: "uws",
-    label: "uWebSockets.js",
-    node: true,
-    cmd: (port) => ["node", `${BENCH}/peers/uws.mjs`, String(port)],
-  },
-  bun: {
-    name: "bun",
-    label: "Bun publish",
-    node: true,
-    cmd: (port) => [BUN, `${BENCH}/peers/bun_publish.ts`, String(port)],
-  },
-};
+/** How `startServer` starts one server; its KV file goes in this run's temp dir. */
+type ServerOpts = Omit<TargetOpts, "dir">;
 
 const haveMain = await exists(`${ROOT}/main.ts`);
 const defaultTargets = quick
@@ -211,7 +111,7 @@ async function startServer(
   const def = TARGETS[name];
   const port = freePort();
   const log = `${tmp}/${name}-${port}.log`;
-  const cmd = def.cmd(port, opts);
+  const cmd = def.cmd(port, { dir: tmp, ...opts });
   const cores = opts.cores ?? SERVER_CORES;
   let quota: CpuQuota | undefined;
   if (opts.quota) quota = await createCpuQuota(`chatbench-${port}`, opts.quota);
@@ -225,7 +125,7 @@ async function startServer(
       ...cmd,
     ],
     cwd: ROOT,
-    env: { ...(def.env?.(opts) ?? {}), NODE_PATH: NODE_MODULES },
+    env: { ...def.env?.({ dir: tmp, ...opts }), ...opts.env, NODE_PATH: NODE_MODULES },
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -427,19 +327,6 @@ async function pkgVersion(name: string): Promise<string> {
   } catch {
     return "not installed";
   }
-}
-
-async function ensureNodeDeps(needed: boolean) {
-  if (!needed || await exists(`${NODE_MODULES}/.package-lock.json`)) return;
-  console.error(
-    "installing the peers' npm packages into bench/node_modules ...",
-  );
-  const out = await new Deno.Command("npm", {
-    args: ["install", "--no-audit", "--no-fund", "--prefix", BENCH],
-    stdout: "inherit",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error("npm install in bench/ failed");
 }
 
 async function environment() {

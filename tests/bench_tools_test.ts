@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { knee, parseTarget, type StepResult } from "../bench/interleave.ts";
 import { cpuSplitUs } from "../bench/lib.ts";
+import { TARGETS } from "../bench/targets.ts";
 import { batchElements, indexOfBytes, numberAt } from "../bench/rawws.ts";
 
 const encoder = new TextEncoder();
@@ -40,14 +41,25 @@ Deno.test("parseTarget: a name, optionally from another checkout", () => {
     env: { CHAT_BUS: "broadcast", X: "a=b" },
   });
   assert.equal(parseTarget("kvrelay@/tmp/x").root, "/tmp/x");
+  assert.equal(parseTarget("socketio").name, "socketio");
   assert.throws(
-    () => parseTarget("bun"),
-    /Expected a target ours, relay or kvrelay \(optionally @DIR, \+KEY=VALUE\), got "bun"/,
+    () => parseTarget("nginx@/tmp/x"),
+    /Expected a target ours, single, relay, framed, kvrelay, ws, socketio, uws, bun \(optionally @DIR, \+KEY=VALUE\), got "nginx@\/tmp\/x"/,
   );
   assert.throws(
     () => parseTarget("ours+CHAT_BUS"),
     /Expected KEY=VALUE after "\+" in "ours\+CHAT_BUS", got "CHAT_BUS"/,
   );
+});
+
+Deno.test("TARGETS: a server from another checkout runs that checkout's files", () => {
+  const opts = { dir: "/kv", root: "/tmp/old" };
+  assert.ok(TARGETS.ours.cmd(8080, opts).includes("/tmp/old/main.ts"));
+  assert.ok(TARGETS.socketio.cmd(8080, opts).includes("/tmp/old/bench/peers/socketio.mjs"));
+  const env = TARGETS.ours.env!(opts);
+  assert.match(env.CHAT_KV_PATH, /^\/kv\/ours-[0-9a-f]{8}\.kv$/);
+  assert.equal(env.DENO_JOBS, "1");
+  assert.equal(TARGETS.single.loadAs, "ours");
 });
 
 Deno.test("cpuSplitUs: this process's user and system time grows with work", () => {

@@ -181,7 +181,11 @@ if (import.meta.main) {
         results.get(t.spec)!.push(steps);
         console.error(
           `round ${r + 1} ${t.spec}: ` +
-            steps.map((s) => `${s.rate / 1000}k p99 ${s.p99} (${round(s.serverCpu, 0)} %)`)
+            steps.map((s) =>
+              `${s.rate / 1000}k p99 ${s.p99} (${round(s.serverCpu, 0)} %, client ${
+                round(s.clientCpu, 0)
+              } %)`
+            )
               .join(", "),
         );
         await sleep(2000);

@@ -263,3 +263,22 @@ export function loadCommand(options: LoadCommandOptions): string[] {
     ...Object.entries(options.flags ?? {}).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ];
 }
+
+/**
+ * The run whose knee is the median of `runs`' (the lower one of an even count), with every
+ * round's knee (`roundKnees`; null for a run that failed) and the other rounds' runs
+ * (`otherRounds`). A lone run is returned as it is.
+ */
+export function medianRound<T extends Record<string, unknown>>(
+  runs: T[],
+): T & { roundKnees?: unknown[]; otherRounds?: T[] } {
+  if (runs.length === 1) return runs[0];
+  const kneeOf = (r: T) => typeof r.knee === "number" ? r.knee : -1;
+  const order = runs.map((_, i) => i).sort((a, b) => kneeOf(runs[a]) - kneeOf(runs[b]));
+  const mid = order[Math.floor((runs.length - 1) / 2)];
+  return {
+    ...runs[mid],
+    roundKnees: runs.map((r) => r.knee ?? null),
+    otherRounds: runs.filter((_, i) => i !== mid),
+  };
+}

@@ -21,6 +21,7 @@ import {
   DM_TARGETS,
   exists,
   loadCommand,
+  medianRound,
   OURS_ENV,
   parseArgs,
   round,
@@ -474,6 +475,13 @@ for (const w of ["w1", "w3", "w6"] as const) {
 if (args["w1-ns"]) P.w1.ns = args["w1-ns"].split(",").map(Number);
 // `--w7-rate 25000`: W7's delivery rate, where the baseline is below a server's knee.
 if (args["w7-rate"]) P.w7.rate = Number(args["w7-rate"]);
+/**
+ * `--w1-rounds 3`: W1 in rounds side by side, every target and group size once per round with a
+ * fresh server; each knee is the median round's. One run's knee moves by a step or two with this
+ * machine's phase (docs/benchmarks.md, "Session of 2026-12-07, third"), and servers measured in
+ * the same round share it.
+ */
+const W1_ROUNDS = Math.max(1, Number(args["w1-rounds"] ?? 1));
 
 const results: Record<string, unknown> = {};
 const want = (w: string) => !only || only.has(w);
@@ -502,14 +510,21 @@ function fanoutArgs(
 
 /** W1: group fan-out, open loop, stepped rate; the knee per target and N. */
 async function w1(shared?: Map<string, Server>) {
-  const out: Record<string, Record<string, Result>> = {};
-  for (const n of P.w1.ns) {
-    for (const t of targets) {
-      const run = (s: Server) => load(s, "fanout", fanoutArgs(P.w1, n), 240);
-      const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
-      (out[t] ??= {})[n] = r;
-      console.error(`w1 ${t} N=${n}: knee ${r.knee ?? r.error}`);
+  const rounds: Record<string, Record<string, Result[]>> = {};
+  for (let round_ = 1; round_ <= W1_ROUNDS; round_++) {
+    for (const n of P.w1.ns) {
+      for (const t of targets) {
+        const run = (s: Server) => load(s, "fanout", fanoutArgs(P.w1, n), 240);
+        const r = shared?.get(t) ? await run(shared.get(t)!) : await withServer(t, {}, run);
+        ((rounds[t] ??= {})[n] ??= []).push(r);
+        const of = W1_ROUNDS > 1 ? ` (round ${round_} of ${W1_ROUNDS})` : "";
+        console.error(`w1 ${t} N=${n}: knee ${r.knee ?? r.error}${of}`);
+      }
     }
+  }
+  const out: Record<string, Record<string, Result>> = {};
+  for (const [t, byN] of Object.entries(rounds)) {
+    for (const [n, runs] of Object.entries(byN)) (out[t] ??= {})[n] = medianRound(runs);
   }
   results.w1 = out;
 }
@@ -830,6 +845,14 @@ function markdown(): string {
     parts.push(
       "### W1 group fan-out (open loop): knee = highest delivery rate with reach 1.000 and p99 ≤ 25 ms",
     );
+    const rounds = Object.values(w1).flatMap((byN: Any) => Object.values(byN))
+      .map((r: Any) => r?.roundKnees?.length ?? 1);
+    if (Math.max(1, ...rounds) > 1) {
+      parts.push(
+        `Each knee is the median of ${Math.max(...rounds)} rounds side by side; the other ` +
+          "columns are the median round's.\n",
+      );
+    }
     const rows: (string | number)[][] = [];
     for (const n of P.w1.ns) {
       const relayKnee = w1.relay?.[n]?.knee;
@@ -841,7 +864,9 @@ function markdown(): string {
         rows.push([
           n,
           label(t),
-          r?.error ? `error: ${r.error}` : k(r?.knee),
+          r?.error
+            ? `error: ${r.error}`
+            : k(r?.knee) + (r?.roundKnees ? ` (rounds: ${r.roundKnees.map(k).join(", ")})` : ""),
           ratio(r?.knee, relayKnee),
           ratio(r?.knee, kvKnee),
           fmt(s?.reachMin, 3),

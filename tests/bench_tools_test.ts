@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { knee, parseTarget, type StepResult } from "../bench/interleave.ts";
-import { cpuSplitUs } from "../bench/lib.ts";
+import { cpuSplitUs, medianRound } from "../bench/lib.ts";
 import { TARGETS } from "../bench/targets.ts";
 import { batchElements, indexOfBytes, numberAt } from "../bench/rawws.ts";
 
@@ -104,4 +104,19 @@ Deno.test("rawws: the elements of a batch frame, strings with brackets and quote
     JSON.parse(new TextDecoder().decode(bytes.subarray(s, e)))
   );
   assert.deepEqual(decoded, frames);
+});
+
+Deno.test("medianRound: the median round's run, with every round's knee", () => {
+  const runs = [{ knee: 100_000, id: "a" }, { knee: 60_000, id: "b" }, { knee: 70_000, id: "c" }];
+  const m = medianRound(runs);
+  assert.equal(m.id, "c");
+  assert.deepEqual(m.roundKnees, [100_000, 60_000, 70_000]);
+  assert.deepEqual(m.otherRounds?.map((r) => r.id), ["a", "b"]);
+  // An even count takes the lower middle; a run without a knee (an error) counts as lowest.
+  const even = medianRound([{ knee: 100_000 }, { error: "x" }, { knee: 60_000 }, { knee: 60_000 }]);
+  assert.equal(even.knee, 60_000);
+  assert.deepEqual(even.roundKnees, [100_000, null, 60_000, 60_000]);
+  // One run is returned as it is.
+  const one = { knee: 25_000 };
+  assert.equal(medianRound([one]), one);
 });

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { numberAt } from "./number_at.mjs";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -37,26 +38,8 @@ export function indexOfBytes(
   return -1;
 }
 
-/** Parses a non-negative decimal number (digits, optional fraction) at `at`. */
-export function numberAt(buf: Uint8Array, at: number): number {
-  let v = 0;
-  let i = at;
-  let c = buf[i];
-  while (c >= 48 && c <= 57) {
-    v = v * 10 + (c - 48);
-    c = buf[++i];
-  }
-  if (c === 46) {
-    let scale = 0.1;
-    c = buf[++i];
-    while (c >= 48 && c <= 57) {
-      v += (c - 48) * scale;
-      scale /= 10;
-      c = buf[++i];
-    }
-  }
-  return i === at ? NaN : v;
-}
+/** Parses a non-negative decimal number at `at` (shared with the Node receiver). */
+export { numberAt };
 
 /** A client WebSocket on a raw TCP connection. */
 export class RawSocket {

@@ -7,6 +7,7 @@
  * Run: node bench/receive_cost_node.mjs --port P [--clients 1000] [--rate 25] [--seconds 6]
  */
 import net from "node:net";
+import { numberAt } from "./number_at.mjs";
 
 const opts = { port: 0, clients: 1000, rate: 25, seconds: 6 };
 for (let i = 2; i < process.argv.length; i += 2) {
@@ -16,26 +17,6 @@ const KEY = Buffer.from('"t":');
 const latencies = [];
 let measuring = false;
 const now = () => performance.timeOrigin + performance.now();
-
-/** `numberAt` of bench/rawws.ts, again: Node 20 cannot import TypeScript. */
-function numberAt(buf, i) {
-  let v = 0;
-  let c = buf[i];
-  while (c >= 48 && c <= 57) {
-    v = v * 10 + c - 48;
-    c = buf[++i];
-  }
-  if (c === 46) {
-    let scale = 0.1;
-    c = buf[++i];
-    while (c >= 48 && c <= 57) {
-      v += (c - 48) * scale;
-      scale /= 10;
-      c = buf[++i];
-    }
-  }
-  return v;
-}
 
 function connect() {
   return new Promise((resolve, reject) => {

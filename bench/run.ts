@@ -847,9 +847,10 @@ function markdown(): string {
     );
     const rounds = Object.values(w1).flatMap((byN: Any) => Object.values(byN))
       .map((r: Any) => r?.roundKnees?.length ?? 1);
-    if (Math.max(1, ...rounds) > 1) {
+    const most = Math.max(1, ...rounds);
+    if (most > 1) {
       parts.push(
-        `Each knee is the median of ${Math.max(...rounds)} rounds side by side; the other ` +
+        `Each knee is the median of ${most} rounds side by side; the other ` +
           "columns are the median round's.\n",
       );
     }

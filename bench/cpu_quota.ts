@@ -2,8 +2,8 @@
  * A CPU quota for a benchmark server: a cgroup that lets the processes in it run for at most
  * `cores` × `periodUs` microseconds of CPU per period, whatever their threads. W6 uses it on a
  * machine with too few cores to give each worker a core of its own and the load generator
- * another: each worker gets the same share of one core instead (see docs/benchmarks.md, "W6 on
- * two cores: a CPU quota per worker").
+ * another: each worker gets the same share of one core instead (see docs/benchmarks_history.md,
+ * "W6 on two cores: a CPU quota per worker").
  *
  * Works with cgroup v2 (`cpu.max`, when the unified hierarchy has the `cpu` controller) and
  * with cgroup v1's `cpu` controller (`cpu.cfs_quota_us`). Needs root.

@@ -48,7 +48,8 @@ const CLIENT_CORES = args["client-cores"] ?? "1";
 /**
  * `--kv-dir /dev/shm`: where the servers' KV files (and their logs) go; by default the system's
  * temp dir, on disk. In a tmpfs a commit's `fsync` costs nothing, which separates what the disk
- * costs from what the server's CPU costs (docs/benchmarks.md, "Direct messages without the disk").
+ * costs from what the server's CPU costs (docs/benchmarks_history.md, "Direct messages without
+ * the disk").
  */
 const tmp = await Deno.makeTempDir({ prefix: "chatbench-", dir: args["kv-dir"] });
 const started = Date.now();
@@ -478,8 +479,8 @@ if (args["w7-rate"]) P.w7.rate = Number(args["w7-rate"]);
 /**
  * `--w1-rounds 3`: W1 in rounds side by side, every target and group size once per round with a
  * fresh server; each knee is the median round's. One run's knee moves by a step or two with this
- * machine's phase (docs/benchmarks.md, "Session of 2026-12-07, third"), and servers measured in
- * the same round share it.
+ * machine's phase (docs/benchmarks_history.md, "Session of 2026-12-07, third"), and servers
+ * measured in the same round share it.
  */
 const W1_ROUNDS = Math.max(1, Number(args["w1-rounds"] ?? 1));
 
@@ -489,8 +490,8 @@ const want = (w: string) => !only || only.has(w);
 /**
  * Stepped workloads (W1, W3, W6) go on past a failing step and stop at the second failure in a
  * row: the knee is the highest step that passes. At N = 1000 every server's p99 is highest at the
- * first step, where the machine idles between messages (docs/benchmarks.md, "The lowest step is
- * the hardest"); stopping there would call a server that passes 50k and 70k a knee of 0.
+ * first step, where the machine idles between messages (docs/benchmarks_history.md, "The lowest
+ * step is the hardest"); stopping there would call a server that passes 50k and 70k a knee of 0.
  */
 const STEP_FAILS = 2;
 
@@ -1199,8 +1200,9 @@ function markdown(): string {
       parts.push(
         `\nEach worker may use ${q} of a core (a cgroup CPU quota, 2 ms periods), both ` +
           "configurations on the server's core, the generator alone on its own: two workers " +
-          "get twice one worker's CPU, as they would with a core each. See docs/benchmarks.md " +
-          '"W6 on two cores: a CPU quota per worker" for what this measures and what not.\n',
+          "get twice one worker's CPU, as they would with a core each. See " +
+          'docs/benchmarks_history.md "W6 on two cores: a CPU quota per worker" for what this ' +
+          "measures and what not.\n",
       );
     }
     const row = (l: string, r: Any, base: Any) => {

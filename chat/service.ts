@@ -87,8 +87,8 @@ export const CLOSE_POLICY = 1008;
  * Online users listed in a welcome; `presence.list` gives more. A welcome listing 200 users
  * (12 KB) cost 100–200 µs more CPU per open than one listing 50 (3 KB), and, before vectored
  * writes (`preferVectoredWrites` in routes/ws.ts), 6–8 KB of RSS per idle connection: the socket
- * kept a buffer the size of its largest frame (docs/benchmarks.md: "the cost of a socket open,
- * and memory per socket").
+ * kept a buffer the size of its largest frame (docs/benchmarks_history.md: "the cost of a socket
+ * open, and memory per socket").
  */
 const WELCOME_ONLINE = 50;
 /** The window in which rate-limit strikes add up. */

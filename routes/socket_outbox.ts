@@ -27,9 +27,9 @@ export interface SocketOutboxOptions {
   /**
    * Characters per batch frame at most (default 64 KiB), unless one frame is longer. 256 frames
    * of a typical message fit; at the top fan-out step it gave a lower p99 than 256 KiB and than
-   * 16 KiB (docs/benchmarks.md, "Session of 2026-12-06, later"). It was also chosen while Deno
-   * kept a buffer the size of a socket's largest frame; vectored writes (`preferVectoredWrites`
-   * in routes/ws.ts) have since removed that cost.
+   * 16 KiB (docs/benchmarks_history.md, "Session of 2026-12-06, later"). It was also chosen
+   * while Deno kept a buffer the size of a socket's largest frame; vectored writes
+   * (`preferVectoredWrites` in routes/ws.ts) have since removed that cost.
    */
   maxChars?: number;
 }

@@ -41,8 +41,8 @@ export interface WritableEnv {
  * Without it, Deno copies every frame into a write buffer of the socket's own, which grows to the
  * largest frame the socket was ever sent and keeps that size for the socket's life: a socket that
  * got one 48 KB frame (a batch, a history page) held about 50 KB more than an idle one, for good
- * (docs/benchmarks.md, "A socket keeps its largest frame: the cause"). With vectored writes a frame
- * over 1 KB goes out from its own buffer, freed once written.
+ * (docs/benchmarks_history.md, "A socket keeps its largest frame: the cause"). With vectored
+ * writes a frame over 1 KB goes out from its own buffer, freed once written.
  */
 export function preferVectoredWrites(env: WritableEnv): boolean {
   const given = env.get("DENO_USE_WRITEV");

@@ -10,10 +10,11 @@
  *
  * A target is one of `bench/targets.ts` (`ours`, `relay`, `kvrelay`, `socketio`, …), optionally
  * `@DIR`: the same target from another checkout of this repository (`git worktree add /tmp/old
- * <commit>`; `ours@/tmp/old`), to set two builds side by side; and optionally `+KEY=VALUE` (more than once): environment for its server
- * (`ours+CHAT_BUS=broadcast`). Servers run on core 0 and the load generator (`bench/load.ts`) on
- * core 1, a fresh server (and KV file) per target and round. Prints p99 ms and server CPU % per
- * step and round, and how many rounds passed (reach 1.0 and p99 ≤ `--limit`).
+ * <commit>`; `ours@/tmp/old`), to set two builds side by side; and optionally `+KEY=VALUE` (more
+ * than once): environment for its server (`ours+CHAT_BUS=broadcast`). Servers run on core 0 and
+ * the load generator (`bench/load.ts`) on core 1, a fresh server (and KV file) per target and
+ * round. Prints p99 ms and server CPU % per step and round, and how many rounds passed (reach 1.0
+ * and p99 ≤ `--limit`).
  *
  * @module
  */

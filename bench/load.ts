@@ -68,8 +68,8 @@ const connectConcurrency = Number(args.concurrency ?? 200);
  * A stepped run (fan-out, DMs) stops after `--fails` failing steps in a row, 1 by default;
  * `--no-stop true` measures every step. The knee is the highest step that passed, so with
  * `--fails 2` a failing step followed by a passing one does not end the search: at N = 1000 the
- * first step's p99 is the highest of all, for every server (docs/benchmarks_history.md, "The lowest
- * step is the hardest").
+ * first step's p99 is the highest of all, for every server (docs/benchmarks_history.md, "The
+ * lowest step is the hardest").
  */
 const failsToStop = args["no-stop"] === "true" ? Infinity : Number(args.fails ?? 1);
 /** A failed step is measured again when other processes used more than this much CPU (%). */

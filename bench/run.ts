@@ -113,7 +113,8 @@ async function startServer(
   const def = TARGETS[name];
   const port = freePort();
   const log = `${tmp}/${name}-${port}.log`;
-  const cmd = def.cmd(port, { dir: tmp, ...opts });
+  const targetOpts = { dir: tmp, ...opts };
+  const cmd = def.cmd(port, targetOpts);
   const cores = opts.cores ?? SERVER_CORES;
   let quota: CpuQuota | undefined;
   if (opts.quota) quota = await createCpuQuota(`chatbench-${port}`, opts.quota);
@@ -127,7 +128,7 @@ async function startServer(
       ...cmd,
     ],
     cwd: ROOT,
-    env: { ...def.env?.({ dir: tmp, ...opts }), ...opts.env, NODE_PATH: NODE_MODULES },
+    env: { ...def.env?.(targetOpts), ...opts.env, NODE_PATH: NODE_MODULES },
     stdin: "null",
     stdout: "null",
     stderr: "null",

@@ -46,7 +46,11 @@ export class RawSocket {
   open = false;
   closed = false;
   #conn!: Deno.TcpConn;
-  #buf = new Uint8Array(1 << 18);
+  // Small while a socket is quiet, doubled while reads fill it (up to READ_MAX): a buffer of
+  // 256 KB per socket from the start cost the generator 330 µs and 256 KB of memory per open,
+  // more than the servers' own CPU for an open (docs/benchmarks_history.md, "The generator's
+  // read buffer").
+  #buf = new Uint8Array(READ_MIN);
   #len = 0;
   #queue: Uint8Array[] = [];
   #queued = 0;
@@ -77,7 +81,8 @@ export class RawSocket {
     );
     const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`)
       .join("");
-    const request = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+    const request =
+      `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
       `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
       `Sec-WebSocket-Version: 13\r\n${extra}\r\n`;
     await this.#writeAll(encoder.encode(request));
@@ -209,10 +214,18 @@ export class RawSocket {
           bigger.set(this.#buf);
           this.#buf = bigger;
         }
+        const free = this.#buf.length - this.#len;
         const n = await this.#conn.read(this.#buf.subarray(this.#len));
         if (n === null) break;
         this.#len += n;
+        // A read that filled every free byte may have left more in the kernel: read more at once.
+        const grow = n === free && this.#buf.length < READ_MAX;
         this.#parse();
+        if (grow && this.#buf.length < READ_MAX) {
+          const bigger = new Uint8Array(this.#buf.length * 2);
+          bigger.set(this.#buf.subarray(0, this.#len));
+          this.#buf = bigger;
+        }
       }
     } catch { /* reset */ }
     if (this.#paused) return;
@@ -300,7 +313,9 @@ export class RawSocket {
 
   #message(buf: Uint8Array, start: number, end: number) {
     if (startsWith(buf, start, end, BATCH)) {
-      for (const [s, e] of batchElements(buf, start + BATCH.length, end)) this.#one(buf, s, e);
+      for (const [s, e] of batchElements(buf, start + BATCH.length, end)) {
+        this.#one(buf, s, e);
+      }
     } else this.#one(buf, start, end);
   }
 
@@ -322,12 +337,22 @@ export class RawSocket {
 }
 
 const CRLF2 = encoder.encode("\r\n\r\n");
+/** A socket's first read buffer, and the size reads that fill it grow it to. */
+const READ_MIN = 1 << 13;
+const READ_MAX = 1 << 18;
 /** How a batch frame of ours starts: its elements follow (docs/protocol.md). */
 const BATCH = encoder.encode('{"type":"batch","frames":[');
 
-function startsWith(buf: Uint8Array, start: number, end: number, prefix: Uint8Array): boolean {
+function startsWith(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  prefix: Uint8Array,
+): boolean {
   if (end - start < prefix.length) return false;
-  for (let j = 0; j < prefix.length; j++) if (buf[start + j] !== prefix[j]) return false;
+  for (let j = 0; j < prefix.length; j++) {
+    if (buf[start + j] !== prefix[j]) return false;
+  }
   return true;
 }
 
@@ -335,7 +360,11 @@ function startsWith(buf: Uint8Array, start: number, end: number, prefix: Uint8Ar
  * The [start, end) byte ranges of the JSON objects in the array that begins at `from` (just past
  * its `[`): a scan that tracks strings and nesting, cheaper than decoding and parsing the text.
  */
-export function batchElements(buf: Uint8Array, from: number, end: number): [number, number][] {
+export function batchElements(
+  buf: Uint8Array,
+  from: number,
+  end: number,
+): [number, number][] {
   const out: [number, number][] = [];
   let depth = 0;
   let inString = false;

@@ -81,8 +81,7 @@ export class RawSocket {
     );
     const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`)
       .join("");
-    const request =
-      `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+    const request = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
       `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
       `Sec-WebSocket-Version: 13\r\n${extra}\r\n`;
     await this.#writeAll(encoder.encode(request));

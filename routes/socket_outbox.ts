@@ -44,11 +44,29 @@ const OPEN = 1;
 const dirty: SocketOutbox[] = [];
 let scheduled = false;
 
+/**
+ * The last batch frame built in a flush of every outbox, and the frames it holds. The members of
+ * a group get the same frames in a tick, and the hub fills their outboxes one after another: the
+ * next outbox with the same frames sends the same string, built once, not once per member.
+ */
+interface BatchMemo {
+  frames: readonly string[];
+  batch: string;
+}
+
 function flushAll(): void {
   scheduled = false;
+  const memo: BatchMemo = { frames: [], batch: "" };
   // A flush cannot queue frames (sending calls no JavaScript), so the list does not grow here.
-  for (let i = 0; i < dirty.length; i++) dirty[i].flush();
+  for (let i = 0; i < dirty.length; i++) dirty[i].flush(memo);
   dirty.length = 0;
+}
+
+/** Whether two lists hold the same frames, in order. */
+function sameFrames(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The batch frame holding `frames` (each a serialized server frame), in order. */
@@ -110,13 +128,22 @@ export class SocketOutbox {
     this.#chars += data.length;
   }
 
-  /** Hands the queued frames to the socket now (before a close, say). */
-  flush(): void {
+  /**
+   * Hands the queued frames to the socket now (before a close, say). `memo`: the batch frame
+   * another outbox just built, reused when this one holds the same frames.
+   */
+  flush(memo?: BatchMemo): void {
     const frames = this.#pending;
     if (frames.length === 0) return;
     this.#pending = [];
     this.#chars = 0;
-    this.#write(frames.length === 1 ? frames[0] : batchFrame(frames));
+    if (frames.length === 1) return this.#write(frames[0]);
+    if (!memo) return this.#write(batchFrame(frames));
+    if (!sameFrames(memo.frames, frames)) {
+      memo.frames = frames;
+      memo.batch = batchFrame(frames);
+    }
+    this.#write(memo.batch);
   }
 
   #write(data: string): void {

@@ -127,3 +127,30 @@ Deno.test("outbox with batch: by default a batch stays under 64 KiB (a socket ke
   const got = s.sent.flatMap((f) => JSON.parse(f).frames.map((x: { i: number }) => x.i));
   assert.deepEqual(got, frames.map((_, i) => i));
 });
+
+Deno.test("outbox with batch: sockets with the same frames in a tick share a batch, others get their own", async () => {
+  const sinks = Array.from({ length: 5 }, () => sink());
+  const outboxes = sinks.map((s) => new SocketOutbox(s, { batch: true }));
+  const m1 = '{"type":"message","seq":1}';
+  const m2 = '{"type":"message","seq":2}';
+  const other = '{"type":"message","seq":7}';
+  // As the hub fans out: each message to every member in turn.
+  for (const o of outboxes) o.send(m1);
+  for (const o of [outboxes[0], outboxes[1], outboxes[3], outboxes[4]]) o.send(m2);
+  outboxes[2].send(other);
+  // The same content in a different string object is the same frame.
+  outboxes[4].send(`{"type":"typing",${'"conv":"lobby"'}}`);
+  outboxes[3].send('{"type":"typing","conv":"lobby"}');
+  await tick();
+  const batchOf = (...frames: string[]) => [batchFrame(frames)];
+  assert.deepEqual(sinks[0].sent, batchOf(m1, m2));
+  assert.deepEqual(sinks[1].sent, batchOf(m1, m2));
+  assert.deepEqual(sinks[2].sent, batchOf(m1, other));
+  assert.deepEqual(sinks[3].sent, batchOf(m1, m2, '{"type":"typing","conv":"lobby"}'));
+  assert.deepEqual(sinks[4].sent, batchOf(m1, m2, '{"type":"typing","conv":"lobby"}'));
+  // A flush outside the tick's (before a close) builds its own batch.
+  outboxes[0].send(m1);
+  outboxes[0].send(other);
+  outboxes[0].flush();
+  assert.deepEqual(sinks[0].sent.slice(1), batchOf(m1, other));
+});

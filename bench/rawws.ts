@@ -205,26 +205,23 @@ export class RawSocket {
   }
 
   async #readLoop() {
+    // Whether the last read filled every free byte: more may wait in the kernel.
+    let filled = false;
     try {
       while (!this.closed) {
         if (this.#paused) return;
-        if (this.#len === this.#buf.length) {
+        // Full of an unfinished frame, or filled by the last read (up to READ_MAX): double it.
+        if (this.#len === this.#buf.length || (filled && this.#buf.length < READ_MAX)) {
           const bigger = new Uint8Array(this.#buf.length * 2);
-          bigger.set(this.#buf);
+          bigger.set(this.#buf.subarray(0, this.#len));
           this.#buf = bigger;
         }
         const free = this.#buf.length - this.#len;
         const n = await this.#conn.read(this.#buf.subarray(this.#len));
         if (n === null) break;
         this.#len += n;
-        // A read that filled every free byte may have left more in the kernel: read more at once.
-        const grow = n === free && this.#buf.length < READ_MAX;
+        filled = n === free;
         this.#parse();
-        if (grow && this.#buf.length < READ_MAX) {
-          const bigger = new Uint8Array(this.#buf.length * 2);
-          bigger.set(this.#buf.subarray(0, this.#len));
-          this.#buf = bigger;
-        }
       }
     } catch { /* reset */ }
     if (this.#paused) return;
@@ -312,9 +309,7 @@ export class RawSocket {
 
   #message(buf: Uint8Array, start: number, end: number) {
     if (startsWith(buf, start, end, BATCH)) {
-      for (const [s, e] of batchElements(buf, start + BATCH.length, end)) {
-        this.#one(buf, s, e);
-      }
+      for (const [s, e] of batchElements(buf, start + BATCH.length, end)) this.#one(buf, s, e);
     } else this.#one(buf, start, end);
   }
 
@@ -342,16 +337,9 @@ const READ_MAX = 1 << 18;
 /** How a batch frame of ours starts: its elements follow (docs/protocol.md). */
 const BATCH = encoder.encode('{"type":"batch","frames":[');
 
-function startsWith(
-  buf: Uint8Array,
-  start: number,
-  end: number,
-  prefix: Uint8Array,
-): boolean {
+function startsWith(buf: Uint8Array, start: number, end: number, prefix: Uint8Array): boolean {
   if (end - start < prefix.length) return false;
-  for (let j = 0; j < prefix.length; j++) {
-    if (buf[start + j] !== prefix[j]) return false;
-  }
+  for (let j = 0; j < prefix.length; j++) if (buf[start + j] !== prefix[j]) return false;
   return true;
 }
 
@@ -359,11 +347,7 @@ function startsWith(
  * The [start, end) byte ranges of the JSON objects in the array that begins at `from` (just past
  * its `[`): a scan that tracks strings and nesting, cheaper than decoding and parsing the text.
  */
-export function batchElements(
-  buf: Uint8Array,
-  from: number,
-  end: number,
-): [number, number][] {
+export function batchElements(buf: Uint8Array, from: number, end: number): [number, number][] {
   const out: [number, number][] = [];
   let depth = 0;
   let inString = false;

@@ -109,14 +109,12 @@ interface Held {
 
 interface Member {
   conn: Connection;
-  /** The last sequence sent (or skipped as already known) per subscribed conversation. */
-  cursors: Map<ConversationId, number>;
+  /** Its seat in each conversation it receives. */
+  seats: Map<ConversationId, Seat>;
   /** Live frames held until the client has resumed; null once live. */
   held: Held[] | null;
   holdTimer?: ReturnType<typeof setTimeout>;
   resumedTo?: Map<ConversationId, number>;
-  /** Conversations with a catch-up from the log queued: live messages wait for it. */
-  lagging: Set<ConversationId>;
   closing: boolean;
   /** Frames written, to check the send queue every few frames. */
   writes: number;
@@ -124,6 +122,21 @@ interface Member {
   warned?: boolean;
   /** Users whose presence it asked for (`presence.watch`). */
   watch?: Set<UserId>;
+}
+
+/**
+ * A connection's place in one conversation's room. The room holds the seats themselves, so a
+ * fan-out reads and moves each member's cursor on the seat in hand, where it looked it up in two
+ * maps of the member's (three lookups per member per message). A seat is the member's for as
+ * long as it stays in the room: a catch-up queued for a seat that has been left does nothing,
+ * even if the member joined again meanwhile (its new seat has a catch-up of its own).
+ */
+interface Seat {
+  readonly member: Member;
+  /** The last sequence sent (or skipped as already known). */
+  cursor: number;
+  /** A catch-up from the log is queued: live messages wait for it. */
+  lagging: boolean;
 }
 
 type PresenceChange = { user: UserInfo; online: boolean };
@@ -161,7 +174,7 @@ export class Hub {
   readonly #options: HubOptions;
   readonly #members = new Map<string, Member>();
   readonly #users = new Map<UserId, Set<Member>>();
-  readonly #rooms = new Map<ConversationId, Set<Member>>();
+  readonly #rooms = new Map<ConversationId, Set<Seat>>();
   readonly #convs = new Map<ConversationId, ConvState>();
   readonly #recent = new Map<ConversationId, { seq: number; at: number }>();
   /** The newest sequence this node has heard of per conversation (rooms here or not). */
@@ -214,9 +227,8 @@ export class Hub {
   attach(conn: Connection, cursors: Map<ConversationId, number>): void {
     const member: Member = {
       conn,
-      cursors: new Map(),
+      seats: new Map(),
       held: [],
-      lagging: new Set(),
       closing: false,
       writes: 0,
     };
@@ -238,7 +250,7 @@ export class Hub {
     const own = this.#users.get(conn.user.id);
     own?.delete(member);
     if (own?.size === 0) this.#users.delete(conn.user.id);
-    for (const conv of member.cursors.keys()) this.#leave(member, conv);
+    for (const conv of member.seats.keys()) this.#leave(member, conv);
     this.#watching.delete(member);
     this.presence.disconnect(conn.user);
   }
@@ -261,12 +273,12 @@ export class Hub {
 
   /** Whether a connection receives a conversation (and so may write to it). */
   isSubscribed(connId: string, conv: ConversationId): boolean {
-    return this.#members.get(connId)?.cursors.has(conv) ?? false;
+    return this.#members.get(connId)?.seats.has(conv) ?? false;
   }
 
   /** The conversations a connection receives. */
   subscriptions(connId: string): ConversationId[] {
-    return [...this.#members.get(connId)?.cursors.keys() ?? []];
+    return [...this.#members.get(connId)?.seats.keys() ?? []];
   }
 
   /** Subscribes every connection of `user`, on every node, to `conv` after `cursor`. */
@@ -355,7 +367,7 @@ export class Hub {
     if (member.held) member.resumedTo ??= new Map();
     const tasks: Promise<void>[] = [];
     for (const [conv, seen] of Object.entries(since)) {
-      if (!member.cursors.has(conv)) continue;
+      if (!member.seats.has(conv)) continue;
       tasks.push(this.#enqueue(conv, () => this.#resumeOne(member, conv, seen)));
     }
     const results = await Promise.allSettled(tasks);
@@ -456,22 +468,24 @@ export class Hub {
   // ---- rooms ------------------------------------------------------------------------------
 
   #join(member: Member, conv: ConversationId, cursor: number): void {
-    if (member.cursors.has(conv)) return;
-    member.cursors.set(conv, cursor);
+    if (member.seats.has(conv)) return;
+    const seat: Seat = { member, cursor, lagging: false };
+    member.seats.set(conv, seat);
     let room = this.#rooms.get(conv);
     if (!room) this.#rooms.set(conv, room = new Set());
-    room.add(member);
+    room.add(seat);
     const state = this.#convs.get(conv);
     // This node is past the connection's cursor: send it what it is missing first.
-    if (state && state.fanned > cursor) this.#catchUp(member, conv, state);
+    if (state && state.fanned > cursor) this.#catchUp(seat, conv, state);
   }
 
   #leave(member: Member, conv: ConversationId): void {
-    if (!member.cursors.delete(conv)) return;
-    member.lagging.delete(conv);
+    const seat = member.seats.get(conv);
+    if (!seat) return;
+    member.seats.delete(conv);
     const room = this.#rooms.get(conv);
     if (!room) return;
-    room.delete(member);
+    room.delete(seat);
     if (room.size === 0) {
       this.#rooms.delete(conv);
       const state = this.#convs.get(conv);
@@ -500,7 +514,7 @@ export class Hub {
     if (parsed.kind !== "direct") return;
     for (const user of new Set(parsed.users)) {
       for (const member of this.#users.get(user) ?? []) {
-        if (!member.cursors.has(conv)) this.#join(member, conv, 0);
+        if (!member.seats.has(conv)) this.#join(member, conv, 0);
       }
     }
   }
@@ -512,11 +526,11 @@ export class Hub {
    * `empty` when the room is empty: its connections are all live (or held) and need everything
    * after their cursor, however far the log has gone.
    */
-  #stateOf(conv: ConversationId, room: Set<Member>, empty: number): ConvState {
+  #stateOf(conv: ConversationId, room: Set<Seat>, empty: number): ConvState {
     let state = this.#convs.get(conv);
     if (!state) {
       let min = Infinity;
-      for (const m of room) min = Math.min(min, m.cursors.get(conv) ?? 0);
+      for (const seat of room) min = Math.min(min, seat.cursor);
       const fanned = min === Infinity ? empty : min;
       state = { fanned, target: fanned, stash: new Map(), busy: false, tasks: [] };
       this.#convs.set(conv, state);
@@ -570,10 +584,8 @@ export class Hub {
         // Expired or trimmed messages are skipped, not waited for: connections that had
         // everything before them have everything up to `upto`.
         if (state.fanned < upto) {
-          for (const member of this.#rooms.get(conv) ?? []) {
-            if (member.cursors.get(conv) === state.fanned && !member.lagging.has(conv)) {
-              member.cursors.set(conv, upto);
-            }
+          for (const seat of this.#rooms.get(conv) ?? []) {
+            if (seat.cursor === state.fanned && !seat.lagging) seat.cursor = upto;
           }
           state.fanned = upto;
         }
@@ -607,7 +619,7 @@ export class Hub {
       const room = this.#rooms.get(conv);
       if (room) {
         const data = frameOf(m);
-        for (const member of room) this.#send(member, conv, m.seq, data, prev, state);
+        for (const seat of room) this.#send(seat, conv, m.seq, data, prev, state);
         this.stats.delivered += room.size;
         this.#options.onFanout?.(m, room.size);
       }
@@ -620,21 +632,21 @@ export class Hub {
    * right behind it; a connection further behind is caught up from the log instead.
    */
   #send(
-    member: Member,
+    seat: Seat,
     conv: ConversationId,
     seq: number,
     data: string,
     prev: number,
     state: ConvState,
   ): void {
-    const cursor = member.cursors.get(conv);
-    if (cursor === undefined || seq <= cursor || member.lagging.has(conv)) return;
+    const cursor = seat.cursor;
+    if (seq <= cursor || seat.lagging) return;
     if (cursor < prev) {
-      this.#catchUp(member, conv, state);
+      this.#catchUp(seat, conv, state);
       return;
     }
-    member.cursors.set(conv, seq);
-    this.#emit(member, conv, seq, data);
+    seat.cursor = seq;
+    this.#emit(seat.member, conv, seq, data);
   }
 
   /** Sends a frame now, or holds it while the connection has not resumed. */
@@ -652,18 +664,21 @@ export class Hub {
    * node has fanned out; live messages skip it until then. Past `resumeLimit` it gets a
    * `resumed` frame with `reload: true` (reload that range of history) instead.
    */
-  #catchUp(member: Member, conv: ConversationId, state: ConvState): void {
-    if (member.lagging.has(conv) || member.closing) return;
-    member.lagging.add(conv);
+  #catchUp(seat: Seat, conv: ConversationId, state: ConvState): void {
+    const { member } = seat;
+    if (seat.lagging || member.closing) return;
+    seat.lagging = true;
+    // Still seated: not left (nor left and joined again, with a seat of its own).
+    const seated = () => member.seats.get(conv) === seat && this.#members.has(member.conn.id);
     state.tasks.push(async () => {
       let retry = false;
       try {
-        const cursor = member.cursors.get(conv);
-        if (cursor === undefined || !this.#members.has(member.conn.id)) return;
+        const cursor = seat.cursor;
+        if (!seated()) return;
         const upto = state.fanned;
         if (upto <= cursor) return;
         if (upto - cursor > this.#options.resumeLimit) {
-          member.cursors.set(conv, upto);
+          seat.cursor = upto;
           const frame: ServerFrameOf<"resumed"> = {
             type: "resumed",
             conv,
@@ -682,22 +697,20 @@ export class Hub {
           retry = true;
           return;
         }
-        // Left (and maybe rejoined) meanwhile: that join decides what it gets.
-        if (member.cursors.get(conv) !== cursor || !member.lagging.has(conv)) return;
+        // Left (and maybe rejoined: that join decides what it gets) or resumed meanwhile.
+        if (!seated() || seat.cursor !== cursor || !seat.lagging) return;
         for (const m of missing) {
-          member.cursors.set(conv, m.seq);
+          seat.cursor = m.seq;
           this.#emit(member, conv, m.seq, frameOf(m));
         }
-        member.cursors.set(conv, upto);
+        seat.cursor = upto;
       } finally {
-        member.lagging.delete(conv);
+        seat.lagging = false;
         if (retry && !this.#closed) {
           const timer = setTimeout(() => {
             this.#retries.delete(timer);
             const now = this.#convs.get(conv);
-            if (now && member.cursors.has(conv) && (member.cursors.get(conv) ?? 0) < now.fanned) {
-              this.#catchUp(member, conv, now);
-            }
+            if (now && seated() && seat.cursor < now.fanned) this.#catchUp(seat, conv, now);
           }, 200);
           this.#retries.add(timer);
         }
@@ -738,8 +751,9 @@ export class Hub {
    * of it goes out meanwhile; live ones already held are dropped at release up to `to`.
    */
   async #resumeOne(member: Member, conv: ConversationId, seen: number): Promise<void> {
-    if (!this.#members.has(member.conn.id) || !member.cursors.has(conv)) return;
-    const cursor = member.cursors.get(conv)!;
+    let seat = member.seats.get(conv);
+    if (!this.#members.has(member.conn.id) || !seat) return;
+    const cursor = seat.cursor;
     const limit = this.#options.resumeLimit;
     let to = seen;
     let reload = false;
@@ -750,14 +764,15 @@ export class Hub {
         reload = true;
       }
     } else if (
-      seen === cursor && !member.lagging.has(conv) && (this.#heard.get(conv) ?? 0) <= cursor
+      seen === cursor && !seat.lagging && (this.#heard.get(conv) ?? 0) <= cursor
     ) {
       // Resumed from where the welcome put it, and this node has heard of nothing newer: what
       // comes later reaches it live (held until now), so there is nothing to read.
       member.resumedTo?.set(conv, to);
     } else {
       const missed = await this.#options.log.range(conv, seen, Number.MAX_SAFE_INTEGER, limit + 1);
-      if (!member.cursors.has(conv)) return;
+      seat = member.seats.get(conv);
+      if (!seat) return;
       if (missed.length > limit) {
         reload = true;
         to = Math.max(missed[missed.length - 1].seq, await this.#options.log.head(conv));
@@ -767,9 +782,9 @@ export class Hub {
       }
       member.resumedTo?.set(conv, to);
       // Messages behind this connection are in KV: it has everything up to `to` now.
-      member.lagging.delete(conv);
+      seat.lagging = false;
     }
-    if (to > (member.cursors.get(conv) ?? 0)) member.cursors.set(conv, to);
+    if (to > seat.cursor) seat.cursor = to;
     const frame: ServerFrameOf<"resumed"> = { type: "resumed", conv, from: seen, to, reload };
     this.#write(member, JSON.stringify(frame));
   }
@@ -868,7 +883,7 @@ export class Hub {
     const room = this.#rooms.get(conv);
     if (!room) return;
     const data = JSON.stringify({ type: "typing", conv, user } satisfies ServerFrame);
-    for (const member of room) {
+    for (const { member } of room) {
       if (member.conn.user.id !== user.id) this.#write(member, data);
     }
   }
@@ -935,7 +950,7 @@ export class Hub {
       const [a, b] = parsed.users;
       const changeA = last.get(a), changeB = last.get(b);
       if (!changeA && !changeB) continue;
-      for (const member of room) {
+      for (const { member } of room) {
         const change = member.conn.user.id === a ? changeB : changeA;
         if (change) add(member, change);
       }

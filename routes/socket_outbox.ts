@@ -92,7 +92,12 @@ export class SocketOutbox {
   readonly #batch: boolean;
   readonly #maxFrames: number;
   readonly #maxChars: number;
-  #pending: string[] = [];
+  /**
+   * The one frame queued, while there is one; from the second on, all of them are in `#many`. A
+   * tick of a fan-out leaves one frame per member, and an array per member per tick was garbage.
+   */
+  #one: string | undefined = undefined;
+  #many: string[] | undefined = undefined;
   #chars = 0;
 
   constructor(sink: FrameSink, options: SocketOutboxOptions) {
@@ -113,19 +118,23 @@ export class SocketOutbox {
       this.#write(data);
       return;
     }
-    if (
-      this.#pending.length >= this.#maxFrames ||
-      (this.#pending.length > 0 && this.#chars + data.length > this.#maxChars)
-    ) this.flush();
-    if (this.#pending.length === 0) {
+    const queued = this.#many?.length ?? (this.#one === undefined ? 0 : 1);
+    if (queued >= this.#maxFrames || (queued > 0 && this.#chars + data.length > this.#maxChars)) {
+      this.flush();
+    }
+    this.#chars += data.length;
+    if (this.#many) this.#many.push(data);
+    else if (this.#one !== undefined) {
+      this.#many = [this.#one, data];
+      this.#one = undefined;
+    } else {
+      this.#one = data;
       dirty.push(this);
       if (!scheduled) {
         scheduled = true;
         queueMicrotask(flushAll);
       }
     }
-    this.#pending.push(data);
-    this.#chars += data.length;
   }
 
   /**
@@ -133,11 +142,12 @@ export class SocketOutbox {
    * another outbox just built, reused when this one holds the same frames.
    */
   flush(memo?: BatchMemo): void {
-    const frames = this.#pending;
-    if (frames.length === 0) return;
-    this.#pending = [];
+    const one = this.#one;
+    const frames = this.#many;
+    this.#one = this.#many = undefined;
     this.#chars = 0;
-    if (frames.length === 1) return this.#write(frames[0]);
+    if (one !== undefined) return this.#write(one);
+    if (!frames) return;
     if (!memo) return this.#write(batchFrame(frames));
     if (!sameFrames(memo.frames, frames)) {
       memo.frames = frames;

@@ -260,6 +260,53 @@ Deno.test("hub: a connection joining while a gap fill is in flight misses nothin
   await c.close();
 });
 
+Deno.test("hub: a connection that leaves and joins again during its catch-up misses nothing", async () => {
+  let gate: Promise<void> = Promise.resolve();
+  let open = () => {};
+  const c = await cluster(1, {
+    logOf: (log) => ({
+      head: (conv) => log.head(conv),
+      range: async (...args) => {
+        await gate;
+        return await log.range(...args);
+      },
+    }),
+  });
+  const hub = c.nodes[0].hub;
+  const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
+  for (let i = 0; i < 6; i++) {
+    await writer.append({
+      conv: "g:x",
+      id: `w${i}`,
+      from: "w",
+      name: "W",
+      text: "t",
+      kind: "text",
+    });
+  }
+  const first = new FakeConn("u1");
+  attachLive(hub, first, { "g:x": 0 });
+  hub.notify("g:x", 5);
+  await until(() => first.seqs("g:x").length === 5, "first five");
+  gate = new Promise((r) => open = r);
+  const late = new FakeConn("u2");
+  attachLive(hub, late, { "g:x": 2 }); // behind this node: its catch-up waits on the gate
+  await delay(10);
+  hub.unsubscribe("u2", "g:x");
+  hub.subscribe("u2", "g:x", 4); // joined again, having seen 4: it needs 5, not 3..5
+  open();
+  // The second join's catch-up sends 5 now, not when a newer message comes.
+  await until(() => late.seqs("g:x").length === 1, "the message after the second join");
+  assert.deepEqual(late.seqs("g:x"), [5]);
+  hub.notify("g:x", 6);
+  await until(() => late.seqs("g:x").length === 2 && first.seqs("g:x").length === 6, "all");
+  await delay(10);
+  assert.deepEqual(late.seqs("g:x"), [5, 6]);
+  assert.deepEqual(first.seqs("g:x"), range(1, 6));
+  await writer.close();
+  await c.close();
+});
+
 Deno.test("hub: resume replays what was missed, then the held live messages, no duplicates", async () => {
   const c = await cluster(1);
   const hub = c.nodes[0].hub;

@@ -161,6 +161,36 @@ function attachLive(hub: Hub, conn: FakeConn, cursors: Record<string, number>): 
   hub.live(conn.id);
 }
 
+/**
+ * One hub whose log reads wait while the gate is shut, and `count` messages of `conv` written by
+ * another node's log: this hub hears only notices, without the messages, so it reads them.
+ */
+async function gatedNode(conv: string, count: number) {
+  let gate: Promise<void> = Promise.resolve();
+  let release = () => {};
+  const c = await cluster(1, {
+    logOf: (log) => ({
+      head: (conv) => log.head(conv),
+      range: async (...args) => {
+        await gate;
+        return await log.range(...args);
+      },
+    }),
+  });
+  const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
+  for (let i = 0; i < count; i++) {
+    await writer.append({ conv, id: `w${i}`, from: "w", name: "W", text: "t", kind: "text" });
+  }
+  return {
+    c,
+    hub: c.nodes[0].hub,
+    writer,
+    /** Log reads from now on wait for `open`. */
+    shut: () => void (gate = new Promise((r) => release = r)),
+    open: () => release(),
+  };
+}
+
 Deno.test("hub: fans out every message once, in order, on every node", async () => {
   const c = await cluster(3);
   const conns = c.nodes.map((n, i) => {
@@ -218,35 +248,12 @@ Deno.test("hub: a bus that drops every append (a lagging BroadcastChannel) is re
 });
 
 Deno.test("hub: a connection joining while a gap fill is in flight misses nothing", async () => {
-  let gate: Promise<void> = Promise.resolve();
-  let open = () => {};
-  const c = await cluster(1, {
-    logOf: (log) => ({
-      head: (conv) => log.head(conv),
-      range: async (...args) => {
-        await gate;
-        return await log.range(...args);
-      },
-    }),
-  });
-  const hub = c.nodes[0].hub;
-  // Written by another node: this hub hears only notices, without the messages.
-  const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
-  for (let i = 0; i < 10; i++) {
-    await writer.append({
-      conv: "lobby",
-      id: `w${i}`,
-      from: "w",
-      name: "W",
-      text: "t",
-      kind: "text",
-    });
-  }
+  const { c, hub, shut, open, writer } = await gatedNode("lobby", 10);
   const first = new FakeConn("u1");
   attachLive(hub, first, { lobby: 0 });
   hub.notify("lobby", 5);
   await until(() => first.seqs("lobby").length === 5, "first five");
-  gate = new Promise((r) => open = r);
+  shut();
   hub.notify("lobby", 10); // the fill of 6..10 waits on the gate
   await delay(10);
   const late = new FakeConn("u2");
@@ -261,34 +268,12 @@ Deno.test("hub: a connection joining while a gap fill is in flight misses nothin
 });
 
 Deno.test("hub: a connection that leaves and joins again during its catch-up misses nothing", async () => {
-  let gate: Promise<void> = Promise.resolve();
-  let open = () => {};
-  const c = await cluster(1, {
-    logOf: (log) => ({
-      head: (conv) => log.head(conv),
-      range: async (...args) => {
-        await gate;
-        return await log.range(...args);
-      },
-    }),
-  });
-  const hub = c.nodes[0].hub;
-  const writer = new MessageLog(c.kv, { retentionCount: 1000, retentionMs: 86_400_000 });
-  for (let i = 0; i < 6; i++) {
-    await writer.append({
-      conv: "g:x",
-      id: `w${i}`,
-      from: "w",
-      name: "W",
-      text: "t",
-      kind: "text",
-    });
-  }
+  const { c, hub, shut, open, writer } = await gatedNode("g:x", 6);
   const first = new FakeConn("u1");
   attachLive(hub, first, { "g:x": 0 });
   hub.notify("g:x", 5);
   await until(() => first.seqs("g:x").length === 5, "first five");
-  gate = new Promise((r) => open = r);
+  shut();
   const late = new FakeConn("u2");
   attachLive(hub, late, { "g:x": 2 }); // behind this node: its catch-up waits on the gate
   await delay(10);

@@ -170,7 +170,7 @@ async function gatedNode(conv: string, count: number) {
   let release = () => {};
   const c = await cluster(1, {
     logOf: (log) => ({
-      head: (conv) => log.head(conv),
+      head: (id) => log.head(id),
       range: async (...args) => {
         await gate;
         return await log.range(...args);
